@@ -1,0 +1,164 @@
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Server settings. Every flag has an environment fallback (`PEER_STREAM_*`), so a
+/// self-hoster can configure the server from a systemd unit or a container without flags.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "peer-stream-server",
+    version,
+    about = "Peer Stream signaling server: pairs strangers and relays their WebRTC negotiation"
+)]
+pub struct Config {
+    /// Address to listen on (HTTP, WebSocket at /ws, /healthz, /metrics).
+    #[arg(long, env = "PEER_STREAM_LISTEN", default_value = "0.0.0.0:3000")]
+    pub listen: SocketAddr,
+
+    /// STUN URL handed to clients in `matched` (repeatable or comma-separated), e.g. stun:stun.example.org:3478.
+    #[arg(long = "stun", env = "PEER_STREAM_STUN", value_delimiter = ',')]
+    pub stun_urls: Vec<String>,
+
+    /// TURN URL handed to clients (repeatable or comma-separated), e.g. turn:turn.example.org:3478?transport=udp.
+    #[arg(long = "turn", env = "PEER_STREAM_TURN", value_delimiter = ',')]
+    pub turn_urls: Vec<String>,
+
+    /// Shared secret of the TURN server (coturn `static-auth-secret` with `use-auth-secret`).
+    #[arg(long, env = "PEER_STREAM_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+
+    /// Lifetime of TURN credentials, in seconds.
+    #[arg(long, env = "PEER_STREAM_TURN_TTL", default_value_t = 600)]
+    pub turn_ttl_secs: u64,
+
+    /// How long someone with interests waits for a shared-interest match before anyone will do, in ms.
+    #[arg(long, env = "PEER_STREAM_INTEREST_FALLBACK_MS", default_value_t = 5000)]
+    pub interest_fallback_ms: u64,
+
+    /// How long two people who just skipped each other are kept apart, in seconds.
+    #[arg(long, env = "PEER_STREAM_REMATCH_COOLDOWN", default_value_t = 60)]
+    pub rematch_cooldown_secs: u64,
+
+    /// Largest WebSocket message accepted, in bytes; a larger one closes the connection (1009).
+    #[arg(long, env = "PEER_STREAM_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Messages per second a connection may send on average (0 turns rate limiting off).
+    #[arg(long, env = "PEER_STREAM_RATE_PER_SEC", default_value_t = 20)]
+    pub rate_per_sec: u32,
+
+    /// Messages a connection may send in a burst above the average rate.
+    #[arg(long, env = "PEER_STREAM_RATE_BURST", default_value_t = 60)]
+    pub rate_burst: u32,
+
+    /// Concurrent connections allowed from one IP address (0 = no limit).
+    #[arg(long, env = "PEER_STREAM_MAX_CONNS_PER_IP", default_value_t = 20)]
+    pub max_conns_per_ip: u32,
+
+    /// Concurrent connections allowed in total (0 = no limit).
+    #[arg(long, env = "PEER_STREAM_MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub max_connections: u32,
+
+    /// Time a new connection has to send its HTTP request and then `hello`, in ms.
+    #[arg(long, env = "PEER_STREAM_HELLO_TIMEOUT_MS", default_value_t = 10_000)]
+    pub hello_timeout_ms: u64,
+
+    /// Interval between WebSocket pings, in ms.
+    #[arg(
+        long,
+        env = "PEER_STREAM_HEARTBEAT_INTERVAL_MS",
+        default_value_t = 10_000
+    )]
+    pub heartbeat_interval_ms: u64,
+
+    /// A connection silent (no frame, no pong) for this long is dropped, in ms.
+    #[arg(
+        long,
+        env = "PEER_STREAM_HEARTBEAT_TIMEOUT_MS",
+        default_value_t = 20_000
+    )]
+    pub heartbeat_timeout_ms: u64,
+
+    /// Messages queued for one client before it counts as a slow reader and is disconnected.
+    #[arg(long, env = "PEER_STREAM_OUTBOX", default_value_t = 256)]
+    pub outbox_capacity: usize,
+
+    /// Allowed values of the Origin header for /ws (repeatable or comma-separated; empty = any).
+    /// Requests without an Origin (native apps) are always allowed.
+    #[arg(
+        long = "allow-origin",
+        env = "PEER_STREAM_ALLOW_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Take the client address from X-Forwarded-For (only behind a reverse proxy you run).
+    #[arg(long, env = "PEER_STREAM_TRUST_PROXY", default_value_t = false)]
+    pub trust_proxy: bool,
+
+    /// SQLite file that keeps reports and bans.
+    #[arg(
+        long = "db",
+        env = "PEER_STREAM_DB",
+        default_value = "peer-stream.sqlite3"
+    )]
+    pub db_path: PathBuf,
+
+    /// Distinct sessions whose reports within the window ban an address (0 = never ban).
+    #[arg(long, env = "PEER_STREAM_BAN_THRESHOLD", default_value_t = 3)]
+    pub ban_threshold: u32,
+
+    /// The window in which reports count towards a ban, in seconds.
+    #[arg(long, env = "PEER_STREAM_BAN_WINDOW", default_value_t = 86_400)]
+    pub ban_window_secs: u64,
+
+    /// How long a ban lasts, in seconds.
+    #[arg(long, env = "PEER_STREAM_BAN_DURATION", default_value_t = 7 * 86_400)]
+    pub ban_duration_secs: u64,
+
+    /// On shutdown, how long connected clients get to close, in ms.
+    #[arg(long, env = "PEER_STREAM_SHUTDOWN_GRACE_MS", default_value_t = 5000)]
+    pub shutdown_grace_ms: u64,
+
+    /// PEM certificate chain; with --tls-key the server speaks https:// and wss:// itself.
+    #[arg(long, env = "PEER_STREAM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "PEER_STREAM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. info or peer_stream_server=debug.
+    #[arg(long, env = "PEER_STREAM_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Default for Config {
+    /// The defaults of every flag, ignoring the environment's `PEER_STREAM_*` variables
+    /// would be surprising, so this reads them like the binary does.
+    fn default() -> Self {
+        Config::parse_from(["peer-stream-server"])
+    }
+}
+
+impl Config {
+    pub fn interest_fallback(&self) -> Duration {
+        Duration::from_millis(self.interest_fallback_ms)
+    }
+    pub fn rematch_cooldown(&self) -> Duration {
+        Duration::from_secs(self.rematch_cooldown_secs)
+    }
+    pub fn hello_timeout(&self) -> Duration {
+        Duration::from_millis(self.hello_timeout_ms)
+    }
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms.max(10))
+    }
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_timeout_ms.max(10))
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}

@@ -1,0 +1,354 @@
+//! One task per WebSocket: the hello handshake, then a loop that reads client frames,
+//! writes queued frames, pings, and watches for shutdown or a kick.
+//!
+//! Recoverable problems (bad JSON, a field out of bounds, a rate-limited message) get an
+//! `error` reply and the loop goes on; fatal ones (socket errors, an oversize frame, a
+//! silent peer, shutdown) end it. Either way the matchmaker hears `Disconnect`, so the
+//! partner learns within a second.
+
+use crate::limits::{ConnectionSlot, TokenBucket};
+use crate::matchmaker::{random_id, Command};
+use crate::Shared;
+use futures_util::{SinkExt, StreamExt};
+use peer_stream_shared::{
+    parse_client_message, ClientMessage, ErrorCode, ServerMessage, SessionId, PROTOCOL_VERSION,
+};
+use std::net::IpAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+/// A write that cannot finish in this long means the client stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long we wait for the client's answer to our close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Frames written per flush when the outbox has a backlog.
+const WRITE_BATCH: usize = 64;
+
+/// Why the loop ended; decides the close frame and what the partner is told.
+enum End {
+    /// Send this close frame, then wait briefly for the client's.
+    Close(CloseCode, &'static str),
+    /// The socket is gone or stuck: just drop it.
+    Drop,
+}
+
+struct Session<S> {
+    ws: WebSocketStream<S>,
+    shared: Arc<Shared>,
+    ip: IpAddr,
+    id: Option<SessionId>,
+    bucket: TokenBucket,
+    last_seen: Instant,
+}
+
+/// Serves one upgraded WebSocket until it ends. `slot` holds the connection's place in
+/// the per-address cap and is released when this returns.
+pub async fn serve<S>(
+    ws: WebSocketStream<S>,
+    ip: IpAddr,
+    shared: Arc<Shared>,
+    slot: Option<ConnectionSlot>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let _slot = slot;
+    let cfg = &shared.config;
+    let now = Instant::now();
+    let mut s = Session {
+        bucket: TokenBucket::new(cfg.rate_per_sec, cfg.rate_burst, now),
+        ws,
+        ip,
+        id: None,
+        last_seen: now,
+        shared: Arc::clone(&shared),
+    };
+    shared.metrics.connections.fetch_add(1, Relaxed);
+    shared.metrics.connections_total.fetch_add(1, Relaxed);
+    let end = s.run().await;
+    if let Some(id) = s.id.take() {
+        shared
+            .matchmaker
+            .send(Command::Disconnect { session: id })
+            .await;
+    }
+    if let End::Close(code, reason) = end {
+        s.close(code, reason).await;
+    }
+    shared.metrics.connections.fetch_sub(1, Relaxed);
+}
+
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    async fn run(&mut self) -> End {
+        let shared = Arc::clone(&self.shared);
+        let cfg = &shared.config;
+        if shared.moderation.is_banned(self.ip) {
+            self.reply_error(ErrorCode::Banned, "this address is banned")
+                .await;
+            return End::Close(CloseCode::Policy, "banned");
+        }
+        let (outbox_tx, mut outbox) = mpsc::channel::<Message>(cfg.outbox_capacity.max(1));
+        let kick = CancellationToken::new();
+        let mut heartbeat = tokio::time::interval(cfg.heartbeat_interval());
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.reset();
+        let hello_deadline = tokio::time::sleep(cfg.hello_timeout());
+        tokio::pin!(hello_deadline);
+        let mut outbox_tx = Some(outbox_tx);
+
+        loop {
+            tokio::select! {
+                biased;
+                _ = shared.shutdown.cancelled() => return End::Close(CloseCode::Away, "server shutting down"),
+                _ = kick.cancelled() => return End::Drop,
+                Some(msg) = outbox.recv() => match self.write_batch(msg, &mut outbox).await {
+                    None => return End::Drop,
+                    Some(true) => {
+                        // The matchmaker closed this connection (a ban).
+                        self.drain_after_close().await;
+                        return End::Drop;
+                    }
+                    Some(false) => {}
+                },
+                frame = self.ws.next() => {
+                    self.last_seen = Instant::now();
+                    match frame {
+                        None => return End::Drop,
+                        Some(Ok(Message::Text(text))) => {
+                            if let Some(end) = self.on_text(text, &mut outbox_tx, &kick).await {
+                                return end;
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            if self.rate_ok().await {
+                                self.reply_error(ErrorCode::BadJson, "binary frames are not supported; send JSON text frames").await;
+                            }
+                        }
+                        Some(Ok(Message::Close(_))) => return End::Drop,
+                        Some(Ok(_)) => {} // ping (answered by tungstenite), pong, raw frame
+                        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                            self.reply_error(ErrorCode::TooLarge, &format!("message of {size} bytes is over the {max_size}-byte limit; closing")).await;
+                            return End::Close(CloseCode::Size, "message too large");
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(ip = %self.ip, "websocket error: {e}");
+                            return End::Drop;
+                        }
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if self.last_seen.elapsed() >= cfg.heartbeat_timeout() {
+                        tracing::debug!(ip = %self.ip, "heartbeat timeout");
+                        shared.metrics.heartbeat_timeouts_total.fetch_add(1, Relaxed);
+                        return End::Drop;
+                    }
+                    if !self.write(Message::Ping(Default::default())).await {
+                        return End::Drop;
+                    }
+                }
+                _ = &mut hello_deadline, if self.id.is_none() => {
+                    self.reply_error(ErrorCode::HelloRequired, "no hello within the hello timeout; closing").await;
+                    return End::Close(CloseCode::Policy, "hello timeout");
+                }
+            }
+        }
+    }
+
+    /// Handles one text frame; `Some` ends the connection.
+    async fn on_text(
+        &mut self,
+        text: Utf8Bytes,
+        outbox_tx: &mut Option<mpsc::Sender<Message>>,
+        kick: &CancellationToken,
+    ) -> Option<End> {
+        if !self.rate_ok().await {
+            return None;
+        }
+        let msg = match parse_client_message(text.as_str()) {
+            Ok(m) => m,
+            Err(e) => {
+                self.reply_error(e.code, &e.message).await;
+                return None;
+            }
+        };
+        let shared = Arc::clone(&self.shared);
+        let Some(session) = self.id.clone() else {
+            let ClientMessage::Hello { version, client } = msg else {
+                self.reply_error(ErrorCode::HelloRequired, "send hello first")
+                    .await;
+                return None;
+            };
+            if version != PROTOCOL_VERSION {
+                self.reply_error(
+                    ErrorCode::VersionUnsupported,
+                    &format!("this server speaks protocol version {PROTOCOL_VERSION}; you sent {version}"),
+                )
+                .await;
+                return None;
+            }
+            let session = SessionId(random_id());
+            let (online_tx, online_rx) = oneshot::channel();
+            let outbox = outbox_tx.take()?;
+            let registered = shared
+                .matchmaker
+                .send(Command::Register {
+                    session: session.clone(),
+                    ip: self.ip,
+                    outbox,
+                    kick: kick.clone(),
+                    online: online_tx,
+                })
+                .await;
+            let Ok(online) = online_rx.await else {
+                return Some(End::Close(CloseCode::Away, "server shutting down"));
+            };
+            if !registered {
+                return Some(End::Close(CloseCode::Away, "server shutting down"));
+            }
+            tracing::debug!(%session, ip = %self.ip, %client, "hello");
+            self.id = Some(session.clone());
+            let welcome = ServerMessage::Welcome {
+                version: PROTOCOL_VERSION,
+                session_id: session,
+                online,
+            };
+            return (!self.write(Message::text(welcome.to_json())).await).then_some(End::Drop);
+        };
+        let cmd = match msg {
+            ClientMessage::Hello { .. } => {
+                self.reply_error(ErrorCode::Invalid, "hello was already received")
+                    .await;
+                return None;
+            }
+            ClientMessage::Join { interests } => Command::Join { session, interests },
+            ClientMessage::Next => Command::Next { session },
+            ClientMessage::Leave => Command::Leave { session },
+            ClientMessage::Report { match_id, reason } => Command::Report {
+                session,
+                match_id,
+                reason,
+            },
+            ClientMessage::Signal { match_id, payload } => {
+                let frame = ServerMessage::Signal {
+                    match_id: match_id.clone(),
+                    payload,
+                };
+                Command::Relay {
+                    session,
+                    match_id,
+                    frame: frame.to_json().into(),
+                }
+            }
+            ClientMessage::Chat { match_id, text } => {
+                let frame = ServerMessage::Chat {
+                    match_id: match_id.clone(),
+                    text,
+                };
+                Command::Relay {
+                    session,
+                    match_id,
+                    frame: frame.to_json().into(),
+                }
+            }
+            ClientMessage::Typing { match_id, active } => {
+                let frame = ServerMessage::Typing {
+                    match_id: match_id.clone(),
+                    active,
+                };
+                Command::Relay {
+                    session,
+                    match_id,
+                    frame: frame.to_json().into(),
+                }
+            }
+        };
+        if !shared.matchmaker.send(cmd).await {
+            return Some(End::Close(CloseCode::Away, "server shutting down"));
+        }
+        None
+    }
+
+    /// Takes a token from the bucket; when empty, replies `rate_limited` and returns false.
+    async fn rate_ok(&mut self) -> bool {
+        if self.bucket.try_take(Instant::now()) {
+            return true;
+        }
+        let cfg = &self.shared.config;
+        let msg = format!(
+            "too many messages: at most {} per second (burst {}); this one was dropped",
+            cfg.rate_per_sec, cfg.rate_burst
+        );
+        self.reply_error(ErrorCode::RateLimited, &msg).await;
+        false
+    }
+
+    async fn reply_error(&mut self, code: ErrorCode, message: &str) {
+        self.shared.metrics.error(code);
+        let _ = self
+            .write(Message::text(ServerMessage::error(code, message).to_json()))
+            .await;
+    }
+
+    async fn write(&mut self, msg: Message) -> bool {
+        matches!(
+            tokio::time::timeout(WRITE_TIMEOUT, self.ws.send(msg)).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Writes `first` and whatever else is already queued, with one flush. Returns
+    /// `None` when the write failed or timed out, else whether a close frame was written.
+    async fn write_batch(
+        &mut self,
+        first: Message,
+        outbox: &mut mpsc::Receiver<Message>,
+    ) -> Option<bool> {
+        let ws = &mut self.ws;
+        let work = async {
+            let mut next = Some(first);
+            let mut n = 0;
+            let mut closing = false;
+            while let Some(msg) = next.take() {
+                closing = matches!(msg, Message::Close(_));
+                ws.feed(msg).await?;
+                n += 1;
+                if closing || n >= WRITE_BATCH {
+                    break;
+                }
+                next = outbox.try_recv().ok();
+            }
+            ws.flush().await.map(|()| closing)
+        };
+        tokio::time::timeout(WRITE_TIMEOUT, work).await.ok()?.ok()
+    }
+
+    /// After we sent a close frame: read until the client's close (or a short timeout),
+    /// so the TCP connection ends cleanly.
+    async fn drain_after_close(&mut self) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+
+    async fn close(&mut self, code: CloseCode, reason: &'static str) {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        if self.write(Message::Close(Some(frame))).await {
+            self.drain_after_close().await;
+        }
+    }
+}

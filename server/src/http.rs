@@ -1,0 +1,274 @@
+//! The HTTP side of the one port: reads a request head, then upgrades `/ws` to a
+//! WebSocket or answers `/healthz`, `/metrics` and 404 itself.
+//!
+//! Doing the upgrade by hand (instead of letting tungstenite read the request) means one
+//! parser sees every request, so health checks, metrics and the WebSocket share a port
+//! and a TLS setup without an HTTP framework.
+
+use crate::limits::Refusal;
+use crate::{connection, Shared};
+use peer_stream_shared::{ErrorCode, ServerMessage, WS_PATH};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+/// Largest request head we read; browsers send well under 4 KiB.
+const MAX_HEAD: usize = 16 * 1024;
+const MAX_HEADERS: usize = 48;
+
+struct Request {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn header_has_token(&self, name: &str, token: &str) -> bool {
+        self.header(name)
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    }
+}
+
+/// Serves one accepted connection (plain TCP or TLS).
+pub async fn handle<S>(mut stream: S, peer: SocketAddr, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let head = tokio::time::timeout(shared.config.hello_timeout(), read_head(&mut stream)).await;
+    let (req, leftover) = match head {
+        Ok(Ok(Some(parsed))) => parsed,
+        Ok(Ok(None)) => return, // closed before sending a request
+        Ok(Err(status)) => {
+            let _ = respond(&mut stream, status, "text/plain", status_text(status)).await;
+            return;
+        }
+        Err(_) => {
+            let _ = respond(&mut stream, 408, "text/plain", "request timeout\n").await;
+            return;
+        }
+    };
+    let path = req.path.split('?').next().unwrap_or("/").to_owned();
+    let result = match (req.method.as_str(), path.as_str()) {
+        ("GET", p) if p == WS_PATH => {
+            upgrade(stream, req, leftover, peer, shared).await;
+            return;
+        }
+        ("GET" | "HEAD", "/healthz") => {
+            if shared.shutdown.is_cancelled() {
+                respond(&mut stream, 503, "text/plain", "shutting down\n").await
+            } else {
+                respond(&mut stream, 200, "text/plain", "ok\n").await
+            }
+        }
+        ("GET" | "HEAD", "/metrics") => {
+            let body = shared.metrics.render();
+            respond(&mut stream, 200, "text/plain; version=0.0.4", &body).await
+        }
+        ("GET" | "HEAD", "/") => {
+            respond(
+                &mut stream,
+                200,
+                "text/plain",
+                "Peer Stream signaling server. Connect a client to /ws.\n",
+            )
+            .await
+        }
+        (_, "/healthz" | "/metrics" | "/") => {
+            respond(&mut stream, 405, "text/plain", "method not allowed\n").await
+        }
+        _ => respond(&mut stream, 404, "text/plain", "not found\n").await,
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, "http write failed: {e}");
+    }
+}
+
+/// Reads until the blank line that ends the head. `Ok(None)`: the peer closed first.
+/// `Err(status)`: the request is unusable and gets that status.
+async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<Option<(Request, Vec<u8>)>, u16> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|_| 400u16)?;
+        if n == 0 {
+            return if buf.is_empty() { Ok(None) } else { Err(400) };
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        match parsed.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let req = Request {
+                    method: parsed.method.unwrap_or("").to_owned(),
+                    path: parsed.path.unwrap_or("/").to_owned(),
+                    headers: parsed
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_owned(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect(),
+                };
+                return Ok(Some((req, buf[len..].to_vec())));
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
+            Ok(httparse::Status::Partial) => return Err(431),
+            Err(httparse::Error::TooManyHeaders) => return Err(431),
+            Err(_) => return Err(400),
+        }
+    }
+}
+
+fn status_text(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: u16,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        status_text(status),
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.flush().await?;
+    stream.shutdown().await
+}
+
+/// The address we hold responsible for a connection: the socket's peer, or with
+/// `--trust-proxy` the last hop our own proxy appended to X-Forwarded-For.
+fn client_ip(req: &Request, peer: SocketAddr, trust_proxy: bool) -> IpAddr {
+    if trust_proxy {
+        if let Some(ip) = req
+            .header("x-forwarded-for")
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|s| s.trim().parse::<IpAddr>().ok())
+        {
+            return ip;
+        }
+    }
+    peer.ip()
+}
+
+async fn upgrade<S>(
+    mut stream: S,
+    req: Request,
+    leftover: Vec<u8>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let cfg = &shared.config;
+    let key = req.header("sec-websocket-key").map(str::to_owned);
+    let (true, true, Some(key)) = (
+        req.header_has_token("upgrade", "websocket"),
+        req.header_has_token("connection", "upgrade"),
+        key,
+    ) else {
+        let _ = respond(
+            &mut stream,
+            426,
+            "text/plain",
+            "this endpoint speaks WebSocket only\n",
+        )
+        .await;
+        return;
+    };
+    if req.header("sec-websocket-version").map(str::trim) != Some("13") {
+        let _ = respond(
+            &mut stream,
+            426,
+            "text/plain",
+            "WebSocket version 13 required\n",
+        )
+        .await;
+        return;
+    }
+    if let Some(origin) = req.header("origin") {
+        if !cfg.allowed_origins.is_empty() && !cfg.allowed_origins.iter().any(|o| o == origin) {
+            tracing::info!(%peer, %origin, "refused a WebSocket from a disallowed origin");
+            let _ = respond(&mut stream, 403, "text/plain", "origin not allowed\n").await;
+            return;
+        }
+    }
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    if stream.write_all(response.as_bytes()).await.is_err() || stream.flush().await.is_err() {
+        return;
+    }
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(1 << 20)
+        .max_message_size(Some(cfg.max_message_bytes))
+        .max_frame_size(Some(cfg.max_message_bytes));
+    let mut ws =
+        WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(ws_config)).await;
+    let ip = client_ip(&req, peer, cfg.trust_proxy);
+    let slot = match shared.limiter.try_acquire(ip) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            let (msg, code) = match refusal {
+                Refusal::PerIp(n) => (
+                    format!("too many connections from your address (limit {n})"),
+                    CloseCode::Policy,
+                ),
+                Refusal::Total(n) => (
+                    format!("the server is full ({n} connections); try again later"),
+                    CloseCode::Again,
+                ),
+            };
+            shared.metrics.error(ErrorCode::RateLimited);
+            let err = ServerMessage::error(ErrorCode::RateLimited, msg).to_json();
+            let close = CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static("connection limit"),
+            };
+            use futures_util::SinkExt;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+                ws.send(Message::text(err)).await?;
+                ws.send(Message::Close(Some(close))).await
+            })
+            .await;
+            return;
+        }
+    };
+    connection::serve(ws, ip, shared, Some(slot)).await;
+}

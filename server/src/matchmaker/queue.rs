@@ -1,0 +1,472 @@
+//! The waiting queue and its pairing rules, as pure code: no sockets, no clock (every
+//! call takes `now`), so the rules are unit- and property-tested directly.
+//!
+//! Rules, in order of precedence:
+//! - nobody is paired with themselves, and a paired session leaves the queue at once;
+//! - two sessions that just skipped each other are not paired until their cooldown ends;
+//! - people who share an interest are paired first;
+//! - someone with interests is "open to anyone" only after waiting `fallback`;
+//!   someone without interests is open to anyone from the start; two open people match;
+//! - the person who waited longest is served first, and takes the longest-waiting
+//!   compatible partner.
+
+use peer_stream_shared::SessionId;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+struct Waiter {
+    session: SessionId,
+    interests: Vec<String>,
+    since: Instant,
+}
+
+/// Two sessions the queue paired. `first` waited longer than `second`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pair {
+    pub first: SessionId,
+    pub second: SessionId,
+    /// Interests both share, in `first`'s order (empty for a fallback match).
+    pub common_interests: Vec<String>,
+    pub first_waited: Duration,
+    pub second_waited: Duration,
+}
+
+#[derive(Debug)]
+pub struct MatchQueue {
+    /// Waiters by arrival number: iteration order is longest-waiting first.
+    waiters: BTreeMap<u64, Waiter>,
+    by_session: HashMap<SessionId, u64>,
+    next_seq: u64,
+    fallback: Duration,
+    cooldown: Duration,
+    /// Unordered session pair (smaller id first) → the instant the pair may match again.
+    cooldowns: HashMap<(SessionId, SessionId), Instant>,
+}
+
+fn pair_key(a: &SessionId, b: &SessionId) -> (SessionId, SessionId) {
+    if a <= b {
+        (a.clone(), b.clone())
+    } else {
+        (b.clone(), a.clone())
+    }
+}
+
+impl MatchQueue {
+    pub fn new(fallback: Duration, cooldown: Duration) -> Self {
+        Self {
+            waiters: BTreeMap::new(),
+            by_session: HashMap::new(),
+            next_seq: 0,
+            fallback,
+            cooldown,
+            cooldowns: HashMap::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.waiters.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.waiters.is_empty()
+    }
+
+    pub fn contains(&self, session: &SessionId) -> bool {
+        self.by_session.contains_key(session)
+    }
+
+    /// Puts `session` at the back of the queue (or, if it is already waiting, updates its
+    /// interests and keeps its place) and pairs it at once if a compatible waiter exists.
+    pub fn push(
+        &mut self,
+        session: SessionId,
+        interests: Vec<String>,
+        now: Instant,
+    ) -> Option<Pair> {
+        if let Some(seq) = self.by_session.get(&session) {
+            if let Some(w) = self.waiters.get_mut(seq) {
+                w.interests = interests;
+            }
+            let seq = *seq;
+            return self.match_one(seq, now);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.by_session.insert(session.clone(), seq);
+        self.waiters.insert(
+            seq,
+            Waiter {
+                session,
+                interests,
+                since: now,
+            },
+        );
+        self.match_one(seq, now)
+    }
+
+    /// Takes `session` out of the queue; false if it was not waiting.
+    pub fn remove(&mut self, session: &SessionId) -> bool {
+        match self.by_session.remove(session) {
+            Some(seq) => self.waiters.remove(&seq).is_some(),
+            None => false,
+        }
+    }
+
+    /// Records that `a` and `b` skipped each other: they are not paired again for the cooldown.
+    pub fn record_skip(&mut self, a: &SessionId, b: &SessionId, now: Instant) {
+        if self.cooldown.is_zero() {
+            return;
+        }
+        if self.cooldowns.len() > 4096 {
+            self.cooldowns.retain(|_, until| *until > now);
+        }
+        self.cooldowns.insert(pair_key(a, b), now + self.cooldown);
+    }
+
+    /// Forgets a session's cooldowns (it disconnected; its id never comes back).
+    pub fn forget(&mut self, session: &SessionId) {
+        self.remove(session);
+        self.cooldowns
+            .retain(|(a, b), _| a != session && b != session);
+    }
+
+    /// Pairs everyone who can be paired now, longest waiter first. Afterwards no two
+    /// remaining waiters are compatible (until time makes someone open to anyone or a
+    /// cooldown ends; [`MatchQueue::next_deadline`] says when).
+    pub fn poll(&mut self, now: Instant) -> Vec<Pair> {
+        let mut pairs = Vec::new();
+        let seqs: Vec<u64> = self.waiters.keys().copied().collect();
+        for seq in seqs {
+            if !self.waiters.contains_key(&seq) {
+                continue;
+            }
+            if let Some(p) = self.match_one(seq, now) {
+                pairs.push(p);
+            }
+        }
+        pairs
+    }
+
+    /// The next instant at which `poll` could pair someone it cannot pair now: a waiter
+    /// with interests reaching the fallback, or a cooldown between two waiters ending.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        if self.waiters.len() < 2 {
+            return None;
+        }
+        let fallback = self
+            .waiters
+            .values()
+            .filter(|w| !w.interests.is_empty())
+            .map(|w| w.since + self.fallback)
+            .filter(|t| *t > now);
+        let cooldowns = self
+            .cooldowns
+            .iter()
+            .filter(|((a, b), until)| **until > now && self.contains(a) && self.contains(b))
+            .map(|(_, until)| *until);
+        fallback.chain(cooldowns).min()
+    }
+
+    fn open_to_anyone(&self, w: &Waiter, now: Instant) -> bool {
+        w.interests.is_empty() || now.saturating_duration_since(w.since) >= self.fallback
+    }
+
+    fn cooling(&self, a: &SessionId, b: &SessionId, now: Instant) -> bool {
+        self.cooldowns
+            .get(&pair_key(a, b))
+            .is_some_and(|until| *until > now)
+    }
+
+    fn common(a: &Waiter, b: &Waiter) -> Vec<String> {
+        a.interests
+            .iter()
+            .filter(|i| b.interests.contains(i))
+            .cloned()
+            .collect()
+    }
+
+    /// Finds the best partner for the waiter `seq` among all others and pairs them.
+    /// Preference: the longest-waiting one sharing an interest, else the longest-waiting
+    /// one with whom both are open to anyone.
+    fn match_one(&mut self, seq: u64, now: Instant) -> Option<Pair> {
+        let me = self.waiters.get(&seq)?;
+        let me_open = self.open_to_anyone(me, now);
+        let mut fallback_choice: Option<u64> = None;
+        let mut interest_choice: Option<u64> = None;
+        for (other_seq, other) in &self.waiters {
+            if *other_seq == seq || other.session == me.session {
+                continue;
+            }
+            if self.cooling(&me.session, &other.session, now) {
+                continue;
+            }
+            if !me.interests.is_empty() && me.interests.iter().any(|i| other.interests.contains(i))
+            {
+                interest_choice = Some(*other_seq);
+                break;
+            }
+            if fallback_choice.is_none() && me_open && self.open_to_anyone(other, now) {
+                fallback_choice = Some(*other_seq);
+                if me.interests.is_empty() {
+                    // Nobody can share an interest with someone who has none.
+                    break;
+                }
+            }
+        }
+        let other_seq = interest_choice.or(fallback_choice)?;
+        let (a_seq, b_seq) = if other_seq < seq {
+            (other_seq, seq)
+        } else {
+            (seq, other_seq)
+        };
+        let a = self.waiters.remove(&a_seq)?;
+        let b = self.waiters.remove(&b_seq)?;
+        self.by_session.remove(&a.session);
+        self.by_session.remove(&b.session);
+        Some(Pair {
+            common_interests: Self::common(&a, &b),
+            first_waited: now.saturating_duration_since(a.since),
+            second_waited: now.saturating_duration_since(b.since),
+            first: a.session,
+            second: b.session,
+        })
+    }
+
+    /// Whether two waiting sessions could be paired now (used by tests and debug checks).
+    pub fn compatible(&self, a: &SessionId, b: &SessionId, now: Instant) -> bool {
+        let (Some(wa), Some(wb)) = (
+            self.by_session.get(a).and_then(|s| self.waiters.get(s)),
+            self.by_session.get(b).and_then(|s| self.waiters.get(s)),
+        ) else {
+            return false;
+        };
+        if wa.session == wb.session || self.cooling(a, b, now) {
+            return false;
+        }
+        !Self::common(wa, wb).is_empty()
+            || (self.open_to_anyone(wa, now) && self.open_to_anyone(wb, now))
+    }
+
+    /// Sessions waiting, longest first.
+    pub fn waiting(&self) -> impl Iterator<Item = &SessionId> {
+        self.waiters.values().map(|w| &w.session)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+
+    fn s(n: u32) -> SessionId {
+        SessionId(format!("s{n:03}"))
+    }
+
+    fn tags(t: &[&str]) -> Vec<String> {
+        t.iter().map(|x| x.to_string()).collect()
+    }
+
+    const FB: Duration = Duration::from_secs(5);
+    const CD: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn first_come_first_served_without_interests() {
+        let t0 = Instant::now();
+        let mut q = MatchQueue::new(FB, CD);
+        assert_eq!(q.push(s(1), vec![], t0), None);
+        let p = q.push(s(2), vec![], t0).expect("pair");
+        assert_eq!((p.first, p.second), (s(1), s(2)));
+        assert_eq!(q.push(s(3), vec![], t0), None);
+        let p = q.push(s(4), vec![], t0).expect("pair");
+        assert_eq!((p.first, p.second), (s(3), s(4)));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn shared_interest_beats_an_older_stranger() {
+        let t0 = Instant::now();
+        let mut q = MatchQueue::new(Duration::ZERO, CD);
+        q.push(s(1), vec![], t0);
+        q.push(s(2), tags(&["rust"]), t0).map(|_| ()).unwrap_or(());
+        // s(2) was open to anyone at once (fallback 0), so it paired with s(1).
+        assert!(q.is_empty());
+        q.push(s(3), tags(&["go"]), t0);
+        q.push(s(4), tags(&["music"]), t0);
+        // s3 and s4 are open (fallback 0) and paired with each other.
+        assert!(q.is_empty());
+
+        let mut q = MatchQueue::new(FB, CD);
+        q.push(s(1), vec![], t0);
+        assert_eq!(q.push(s(2), tags(&["rust"]), t0), None, "not open yet");
+        let p = q.push(s(3), tags(&["music", "rust"]), t0).expect("pair");
+        assert_eq!((p.first.clone(), p.second.clone()), (s(2), s(3)));
+        assert_eq!(p.common_interests, tags(&["rust"]));
+        assert_eq!(q.waiting().cloned().collect::<Vec<_>>(), vec![s(1)]);
+    }
+
+    #[test]
+    fn interests_fall_back_to_anyone_after_the_wait() {
+        let t0 = Instant::now();
+        let mut q = MatchQueue::new(FB, CD);
+        assert_eq!(q.push(s(1), tags(&["chess"]), t0), None);
+        assert_eq!(q.push(s(2), tags(&["golf"]), t0), None);
+        assert!(q.poll(t0 + Duration::from_secs(4)).is_empty());
+        assert_eq!(q.next_deadline(t0), Some(t0 + FB));
+        let pairs = q.poll(t0 + FB);
+        assert_eq!(pairs.len(), 1);
+        assert!(pairs[0].common_interests.is_empty());
+    }
+
+    #[test]
+    fn a_user_without_interests_waits_for_an_open_one() {
+        let t0 = Instant::now();
+        let mut q = MatchQueue::new(FB, CD);
+        assert_eq!(q.push(s(1), tags(&["chess"]), t0), None);
+        assert_eq!(q.push(s(2), vec![], t0 + Duration::from_secs(1)), None);
+        let pairs = q.poll(t0 + FB);
+        assert_eq!(pairs.len(), 1);
+        assert_eq!(
+            (pairs[0].first.clone(), pairs[0].second.clone()),
+            (s(1), s(2))
+        );
+    }
+
+    #[test]
+    fn skipped_pairs_wait_for_the_cooldown() {
+        let t0 = Instant::now();
+        let mut q = MatchQueue::new(FB, CD);
+        q.record_skip(&s(1), &s(2), t0);
+        assert_eq!(q.push(s(2), vec![], t0), None);
+        assert_eq!(q.push(s(1), vec![], t0), None);
+        assert_eq!(q.next_deadline(t0), Some(t0 + CD));
+        assert!(q.poll(t0 + Duration::from_secs(59)).is_empty());
+        let p = q
+            .push(s(3), vec![], t0)
+            .expect("a newcomer pairs with the longest waiter");
+        assert_eq!((p.first, p.second), (s(2), s(3)));
+        q.push(s(2), vec![], t0);
+        assert_eq!(q.poll(t0 + CD).len(), 1, "cooldown over");
+    }
+
+    #[test]
+    fn pushing_twice_keeps_one_entry() {
+        let t0 = Instant::now();
+        let mut q = MatchQueue::new(FB, CD);
+        q.push(s(1), tags(&["a"]), t0);
+        assert_eq!(
+            q.push(s(1), tags(&["b"]), t0),
+            None,
+            "never paired with itself"
+        );
+        assert_eq!(q.len(), 1);
+        let p = q
+            .push(s(2), tags(&["b"]), t0)
+            .expect("updated interests count");
+        assert_eq!(p.common_interests, tags(&["b"]));
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Push(u32, Vec<String>),
+        Remove(u32),
+        Skip(u32, u32),
+        Advance(u64),
+        Poll,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let interest = prop::sample::select(vec!["a", "b", "c", "d"]).prop_map(String::from);
+        prop_oneof![
+            4 => (0u32..12, prop::collection::vec(interest, 0..3)).prop_map(|(n, i)| Op::Push(n, i)),
+            1 => (0u32..12).prop_map(Op::Remove),
+            1 => (0u32..12, 0u32..12).prop_map(|(a, b)| Op::Skip(a, b)),
+            2 => (0u64..4000).prop_map(Op::Advance),
+            2 => Just(Op::Poll),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// The invariants of the queue under any sequence of operations.
+        #[test]
+        fn invariants_hold(ops in prop::collection::vec(op(), 1..80)) {
+            let t0 = Instant::now();
+            let fallback = Duration::from_millis(2500);
+            let cooldown = Duration::from_millis(5000);
+            let mut q = MatchQueue::new(fallback, cooldown);
+            let mut now = t0;
+            // Who is in a match right now; matched sessions are not pushed again until
+            // a Remove "ends" their match, as the actor does.
+            let mut matched: HashSet<SessionId> = HashSet::new();
+            let mut interests: HashMap<SessionId, Vec<String>> = HashMap::new();
+            let mut joined_at: HashMap<SessionId, Instant> = HashMap::new();
+            let mut skips: HashMap<(SessionId, SessionId), Instant> = HashMap::new();
+            for op in ops {
+                let mut pairs = Vec::new();
+                match op {
+                    Op::Push(n, i) => {
+                        let id = s(n);
+                        if matched.contains(&id) { continue; }
+                        if !q.contains(&id) { joined_at.insert(id.clone(), now); }
+                        interests.insert(id.clone(), i.clone());
+                        pairs.extend(q.push(id, i, now));
+                    }
+                    Op::Remove(n) => {
+                        q.remove(&s(n));
+                        matched.remove(&s(n));
+                    }
+                    Op::Skip(a, b) => {
+                        q.record_skip(&s(a), &s(b), now);
+                        skips.insert(pair_key(&s(a), &s(b)), now + cooldown);
+                    }
+                    Op::Advance(ms) => now += Duration::from_millis(ms),
+                    Op::Poll => {
+                        pairs.extend(q.poll(now));
+                        // Maximal: no two remaining waiters could be paired now.
+                        let left: Vec<SessionId> = q.waiting().cloned().collect();
+                        for (i, a) in left.iter().enumerate() {
+                            for b in &left[i + 1..] {
+                                prop_assert!(!q.compatible(a, b, now), "{a} and {b} left unpaired");
+                            }
+                        }
+                    }
+                }
+                for p in pairs {
+                    prop_assert_ne!(&p.first, &p.second, "paired with itself");
+                    prop_assert!(!q.contains(&p.first) && !q.contains(&p.second), "still queued");
+                    prop_assert!(matched.insert(p.first.clone()), "{} paired twice", p.first);
+                    prop_assert!(matched.insert(p.second.clone()), "{} paired twice", p.second);
+                    if let Some(until) = skips.get(&pair_key(&p.first, &p.second)) {
+                        prop_assert!(*until <= now, "re-paired during cooldown");
+                    }
+                    let ia = &interests[&p.first];
+                    let ib = &interests[&p.second];
+                    let shares = ia.iter().any(|x| ib.contains(x));
+                    let open = |i: &Vec<String>, s: &SessionId| i.is_empty() || now.duration_since(joined_at[s]) >= fallback;
+                    prop_assert!(shares || (open(ia, &p.first) && open(ib, &p.second)), "incompatible pair");
+                    prop_assert_eq!(shares, !p.common_interests.is_empty());
+                    prop_assert!(joined_at[&p.first] <= joined_at[&p.second], "first waited longer");
+                }
+            }
+        }
+
+        /// Without interests and skips, pairs form strictly in arrival order.
+        #[test]
+        fn fifo_without_interests(n in 2u32..40) {
+            let t0 = Instant::now();
+            let mut q = MatchQueue::new(FB, CD);
+            let mut pairs = Vec::new();
+            for i in 0..n {
+                pairs.extend(q.push(s(i), vec![], t0));
+            }
+            prop_assert_eq!(pairs.len() as u32, n / 2);
+            for (k, p) in pairs.iter().enumerate() {
+                prop_assert_eq!(&p.first, &s(2 * k as u32));
+                prop_assert_eq!(&p.second, &s(2 * k as u32 + 1));
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Counters and gauges, rendered in the Prometheus text format at `/metrics`.
+//! Plain atomics: every connection task updates them without a lock.
+
+use peer_stream_shared::ErrorCode;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the time-to-match histogram buckets.
+const MATCH_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub connections: AtomicI64,
+    pub connections_total: AtomicU64,
+    pub sessions: AtomicI64,
+    pub waiting: AtomicI64,
+    pub active_matches: AtomicI64,
+    pub matches_total: AtomicU64,
+    pub messages_relayed: AtomicU64,
+    pub reports_total: AtomicU64,
+    pub bans_total: AtomicU64,
+    pub slow_readers_total: AtomicU64,
+    pub heartbeat_timeouts_total: AtomicU64,
+    errors: [AtomicU64; ErrorCode::ALL.len()],
+    match_buckets: [AtomicU64; MATCH_BUCKETS.len()],
+    match_count: AtomicU64,
+    match_sum_us: AtomicU64,
+}
+
+impl Metrics {
+    pub fn error(&self, code: ErrorCode) {
+        if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
+            self.errors[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn observe_time_to_match(&self, waited: Duration) {
+        let secs = waited.as_secs_f64();
+        for (i, le) in MATCH_BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                self.match_buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.match_count.fetch_add(1, Relaxed);
+        self.match_sum_us.fetch_add(
+            u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
+    }
+
+    pub fn render(&self) -> String {
+        let mut o = String::with_capacity(4096);
+        let gauge = |o: &mut String, name: &str, help: &str, v: i64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        let counter = |o: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        gauge(
+            &mut o,
+            "peer_stream_connections",
+            "Open WebSocket connections.",
+            self.connections.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "peer_stream_connections_total",
+            "WebSocket connections accepted.",
+            self.connections_total.load(Relaxed),
+        );
+        gauge(
+            &mut o,
+            "peer_stream_sessions",
+            "Connections that completed hello.",
+            self.sessions.load(Relaxed),
+        );
+        gauge(
+            &mut o,
+            "peer_stream_waiting",
+            "Sessions waiting in the queue.",
+            self.waiting.load(Relaxed),
+        );
+        gauge(
+            &mut o,
+            "peer_stream_active_matches",
+            "Matches in progress.",
+            self.active_matches.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "peer_stream_matches_total",
+            "Matches made.",
+            self.matches_total.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "peer_stream_messages_relayed_total",
+            "Signal, chat and typing messages relayed.",
+            self.messages_relayed.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "peer_stream_reports_total",
+            "Reports received.",
+            self.reports_total.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "peer_stream_bans_total",
+            "Addresses banned.",
+            self.bans_total.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "peer_stream_slow_readers_total",
+            "Connections dropped for not reading.",
+            self.slow_readers_total.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "peer_stream_heartbeat_timeouts_total",
+            "Connections dropped for silence.",
+            self.heartbeat_timeouts_total.load(Relaxed),
+        );
+        o.push_str("# HELP peer_stream_errors_total Error replies sent, by code.\n# TYPE peer_stream_errors_total counter\n");
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "peer_stream_errors_total{{code=\"{code}\"}} {}",
+                self.errors[i].load(Relaxed)
+            );
+        }
+        o.push_str("# HELP peer_stream_time_to_match_seconds Time from join to matched.\n# TYPE peer_stream_time_to_match_seconds histogram\n");
+        for (i, le) in MATCH_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "peer_stream_time_to_match_seconds_bucket{{le=\"{le}\"}} {}",
+                self.match_buckets[i].load(Relaxed)
+            );
+        }
+        let count = self.match_count.load(Relaxed);
+        let _ = writeln!(
+            o,
+            "peer_stream_time_to_match_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            o,
+            "peer_stream_time_to_match_seconds_sum {}",
+            self.match_sum_us.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(o, "peer_stream_time_to_match_seconds_count {count}");
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative() {
+        let m = Metrics::default();
+        m.observe_time_to_match(Duration::from_millis(30));
+        m.observe_time_to_match(Duration::from_secs(3));
+        m.error(ErrorCode::BadJson);
+        let text = m.render();
+        assert!(text.contains("peer_stream_time_to_match_seconds_bucket{le=\"0.05\"} 1"));
+        assert!(text.contains("peer_stream_time_to_match_seconds_bucket{le=\"5\"} 2"));
+        assert!(text.contains("peer_stream_time_to_match_seconds_bucket{le=\"+Inf\"} 2"));
+        assert!(text.contains("peer_stream_time_to_match_seconds_count 2"));
+        assert!(text.contains("peer_stream_errors_total{code=\"bad_json\"} 1"));
+    }
+}

@@ -1,0 +1,148 @@
+use crate::{ErrorCode, MatchId, SessionId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Messages a client sends to the server. Unknown fields are ignored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// Sent once, first, right after the WebSocket opens. Anything else before it is
+    /// refused with `hello_required`.
+    Hello { version: u32, client: String },
+    /// Sent to enter the waiting queue (after `hello`, when idle). Interests are optional;
+    /// the server trims and lowercases them and pairs people who share one first.
+    Join {
+        #[serde(default)]
+        interests: Vec<String>,
+    },
+    /// Sent during a match to pass WebRTC negotiation to the partner; the payload is
+    /// opaque to the server and relayed as is (see [`SignalPayload`] for what clients put in).
+    Signal { match_id: MatchId, payload: Value },
+    /// Sent during a match: a line of text chat for the partner.
+    Chat { match_id: MatchId, text: String },
+    /// Sent during a match when the user starts (`true`) or stops (`false`) typing.
+    Typing { match_id: MatchId, active: bool },
+    /// Sent to skip: leaves the current match (or the queue) and re-enters the queue at once.
+    Next,
+    /// Sent to stop: leaves the match and the queue; the connection stays open.
+    Leave,
+    /// Sent to report the current or the most recent partner.
+    Report { match_id: MatchId, reason: String },
+}
+
+impl ClientMessage {
+    /// The `type` tags of every client message, to tell `unknown_type` from `invalid`.
+    pub const TYPES: [&'static str; 8] = [
+        "hello", "join", "signal", "chat", "typing", "next", "leave", "report",
+    ];
+}
+
+/// Which side of a match creates the WebRTC offer. The server decides, so offers never collide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Offerer,
+    Answerer,
+}
+
+/// Why a partner is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartnerLeftReason {
+    /// The partner pressed next.
+    Skipped,
+    /// The partner pressed stop (`leave`).
+    Left,
+    /// The partner's connection closed or stopped answering heartbeats.
+    Disconnected,
+}
+
+/// One entry of the RTCIceServer list handed out in `matched`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// Messages the server sends to a client.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// Reply to a valid `hello`. `online` counts connected sessions, this one included.
+    Welcome {
+        version: u32,
+        session_id: SessionId,
+        online: u64,
+    },
+    /// Sent after `join` or `next`, once the client is in the queue; `waiting` counts the
+    /// people in the queue, this one included.
+    Queued { waiting: u64 },
+    /// Sent to both partners when the server paired them. Exactly one is the offerer.
+    Matched {
+        match_id: MatchId,
+        role: Role,
+        common_interests: Vec<String>,
+        ice_servers: Vec<IceServer>,
+    },
+    /// The partner's `signal`, relayed.
+    Signal { match_id: MatchId, payload: Value },
+    /// The partner's `chat`, relayed.
+    Chat { match_id: MatchId, text: String },
+    /// The partner's `typing`, relayed.
+    Typing { match_id: MatchId, active: bool },
+    /// Sent when the partner of `match_id` skipped, left or disconnected. The match is over;
+    /// the receiver is idle (not queued) until it sends `join` or `next`.
+    PartnerLeft {
+        match_id: MatchId,
+        reason: PartnerLeftReason,
+    },
+    /// Sent when a message was refused (see [`ErrorCode`] for which codes close the connection).
+    Error { code: ErrorCode, message: String },
+}
+
+/// What clients put in a signal payload. The server never looks inside; this type is
+/// for clients. `candidate` with an empty string marks the end of candidates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SignalPayload {
+    Offer {
+        sdp: String,
+    },
+    Answer {
+        sdp: String,
+    },
+    Candidate {
+        candidate: String,
+        #[serde(default)]
+        sdp_mid: Option<String>,
+        #[serde(default)]
+        sdp_mline_index: Option<u16>,
+    },
+}
+
+impl ServerMessage {
+    /// Serializes to the JSON text of a WebSocket frame.
+    pub fn to_json(&self) -> String {
+        // Serializing these plain enums cannot fail: every map key is a string.
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(r#"{{"type":"error","code":"invalid","message":"serialize: {e}"}}"#)
+        })
+    }
+
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl ClientMessage {
+    /// Serializes to the JSON text of a WebSocket frame.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+}

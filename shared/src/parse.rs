@@ -1,0 +1,288 @@
+use crate::limits::*;
+use crate::{ClientMessage, ErrorCode, ProtocolError};
+use serde_json::Value;
+
+/// Turns one text frame from a client into a validated message.
+///
+/// The order of checks decides the error code: not JSON / not an object → `bad_json`;
+/// missing or unknown `type` → `unknown_type`; a known type with missing or mistyped
+/// fields, or a field out of bounds → `invalid`; a signal payload over
+/// [`MAX_SIGNAL_PAYLOAD_BYTES`] → `too_large`. Interests come back normalized.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, ProtocolError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| ProtocolError::new(ErrorCode::BadJson, format!("malformed JSON: {e}")))?;
+    let Value::Object(map) = &value else {
+        return Err(ProtocolError::new(
+            ErrorCode::BadJson,
+            "expected a JSON object with a \"type\" field",
+        ));
+    };
+    match map.get("type") {
+        Some(Value::String(t)) if ClientMessage::TYPES.contains(&t.as_str()) => {}
+        Some(Value::String(t)) => {
+            let shown: String = t.chars().take(40).collect();
+            return Err(ProtocolError::new(
+                ErrorCode::UnknownType,
+                format!("unknown message type \"{shown}\""),
+            ));
+        }
+        Some(_) => {
+            return Err(ProtocolError::new(
+                ErrorCode::UnknownType,
+                "the \"type\" field must be a string",
+            ))
+        }
+        None => {
+            return Err(ProtocolError::new(
+                ErrorCode::UnknownType,
+                "missing \"type\" field",
+            ))
+        }
+    }
+    let msg: ClientMessage = serde_json::from_value(value)
+        .map_err(|e| ProtocolError::invalid(format!("bad fields: {e}")))?;
+    validate(msg)
+}
+
+fn check_id(name: &str, id: &str) -> Result<(), ProtocolError> {
+    if id.is_empty() || id.chars().count() > MAX_ID_CHARS {
+        return Err(ProtocolError::invalid(format!(
+            "{name} must be 1..={MAX_ID_CHARS} characters"
+        )));
+    }
+    Ok(())
+}
+
+fn validate(msg: ClientMessage) -> Result<ClientMessage, ProtocolError> {
+    match msg {
+        ClientMessage::Hello { version, client } => {
+            if client.chars().count() > MAX_CLIENT_NAME_CHARS {
+                return Err(ProtocolError::invalid(format!(
+                    "client must be at most {MAX_CLIENT_NAME_CHARS} characters"
+                )));
+            }
+            Ok(ClientMessage::Hello { version, client })
+        }
+        ClientMessage::Join { interests } => Ok(ClientMessage::Join {
+            interests: normalize_interests(&interests)?,
+        }),
+        ClientMessage::Signal { match_id, payload } => {
+            check_id("match_id", match_id.as_str())?;
+            // Counting bytes through a writer that discards them avoids a copy of a large payload.
+            let mut counter = ByteCounter(0);
+            serde_json::to_writer(&mut counter, &payload)
+                .map_err(|e| ProtocolError::invalid(format!("payload: {e}")))?;
+            if counter.0 > MAX_SIGNAL_PAYLOAD_BYTES {
+                return Err(ProtocolError::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "signal payload is {} bytes; the limit is {MAX_SIGNAL_PAYLOAD_BYTES}",
+                        counter.0
+                    ),
+                ));
+            }
+            Ok(ClientMessage::Signal { match_id, payload })
+        }
+        ClientMessage::Chat { match_id, text } => {
+            check_id("match_id", match_id.as_str())?;
+            let n = text.chars().count();
+            if n == 0 || n > MAX_CHAT_CHARS {
+                return Err(ProtocolError::invalid(format!(
+                    "chat text must be 1..={MAX_CHAT_CHARS} characters (got {n})"
+                )));
+            }
+            Ok(ClientMessage::Chat { match_id, text })
+        }
+        ClientMessage::Typing { match_id, active } => {
+            check_id("match_id", match_id.as_str())?;
+            Ok(ClientMessage::Typing { match_id, active })
+        }
+        ClientMessage::Report { match_id, reason } => {
+            check_id("match_id", match_id.as_str())?;
+            if reason.chars().count() > MAX_REPORT_REASON_CHARS {
+                return Err(ProtocolError::invalid(format!(
+                    "reason must be at most {MAX_REPORT_REASON_CHARS} characters"
+                )));
+            }
+            Ok(ClientMessage::Report { match_id, reason })
+        }
+        m @ (ClientMessage::Next | ClientMessage::Leave) => Ok(m),
+    }
+}
+
+/// Trims, lowercases and de-duplicates interests, keeping their order; rejects more than
+/// [`MAX_INTERESTS`] or any that is empty or longer than [`MAX_INTEREST_CHARS`].
+pub fn normalize_interests(raw: &[String]) -> Result<Vec<String>, ProtocolError> {
+    if raw.len() > MAX_INTERESTS {
+        return Err(ProtocolError::invalid(format!(
+            "at most {MAX_INTERESTS} interests (got {})",
+            raw.len()
+        )));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(raw.len());
+    for interest in raw {
+        let norm = interest.trim().to_lowercase();
+        let n = norm.chars().count();
+        if n == 0 || n > MAX_INTEREST_CHARS {
+            return Err(ProtocolError::invalid(format!(
+                "each interest must be 1..={MAX_INTEREST_CHARS} characters after trimming"
+            )));
+        }
+        if !out.contains(&norm) {
+            out.push(norm);
+        }
+    }
+    Ok(out)
+}
+
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MatchId, ServerMessage};
+    use proptest::prelude::*;
+
+    fn code(text: &str) -> ErrorCode {
+        match parse_client_message(text) {
+            Ok(m) => panic!("expected an error for {text}, got {m:?}"),
+            Err(e) => e.code,
+        }
+    }
+
+    #[test]
+    fn parses_every_client_message() {
+        let cases = [
+            r#"{"type":"hello","version":1,"client":"t/1"}"#,
+            r#"{"type":"join"}"#,
+            r#"{"type":"join","interests":[" Music ","rust","music"]}"#,
+            r#"{"type":"signal","match_id":"m","payload":{"kind":"offer","sdp":"v=0"}}"#,
+            r#"{"type":"chat","match_id":"m","text":"hi"}"#,
+            r#"{"type":"typing","match_id":"m","active":true}"#,
+            r#"{"type":"next"}"#,
+            r#"{"type":"leave","extra":[1,2]}"#,
+            r#"{"type":"report","match_id":"m","reason":"spam"}"#,
+        ];
+        for c in cases {
+            assert!(parse_client_message(c).is_ok(), "{c}");
+        }
+        assert_eq!(
+            parse_client_message(r#"{"type":"join","interests":[" Music ","rust","music"]}"#),
+            Ok(ClientMessage::Join {
+                interests: vec!["music".into(), "rust".into()]
+            })
+        );
+    }
+
+    #[test]
+    fn error_codes_follow_the_contract() {
+        assert_eq!(code("not json"), ErrorCode::BadJson);
+        assert_eq!(code("[1,2]"), ErrorCode::BadJson);
+        assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"kind":"hello"}"#), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"type":7}"#), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"type":"hello"}"#), ErrorCode::Invalid);
+        assert_eq!(
+            code(r#"{"type":"chat","match_id":"m","text":""}"#),
+            ErrorCode::Invalid
+        );
+        let long = "x".repeat(MAX_CHAT_CHARS + 1);
+        assert_eq!(
+            code(&format!(
+                r#"{{"type":"chat","match_id":"m","text":"{long}"}}"#
+            )),
+            ErrorCode::Invalid
+        );
+        let ok = "é".repeat(MAX_CHAT_CHARS);
+        assert!(parse_client_message(&format!(
+            r#"{{"type":"chat","match_id":"m","text":"{ok}"}}"#
+        ))
+        .is_ok());
+        let eleven: Vec<String> = (0..11).map(|i| format!("\"i{i}\"")).collect();
+        assert_eq!(
+            code(&format!(
+                r#"{{"type":"join","interests":[{}]}}"#,
+                eleven.join(",")
+            )),
+            ErrorCode::Invalid
+        );
+        assert_eq!(
+            code(r#"{"type":"join","interests":["   "]}"#),
+            ErrorCode::Invalid
+        );
+        let i33 = "a".repeat(33);
+        assert_eq!(
+            code(&format!(r#"{{"type":"join","interests":["{i33}"]}}"#)),
+            ErrorCode::Invalid
+        );
+        let big = "y".repeat(MAX_SIGNAL_PAYLOAD_BYTES);
+        assert_eq!(
+            code(&format!(
+                r#"{{"type":"signal","match_id":"m","payload":{{"sdp":"{big}"}}}}"#
+            )),
+            ErrorCode::TooLarge
+        );
+    }
+
+    #[test]
+    fn server_messages_round_trip() {
+        let m = ServerMessage::PartnerLeft {
+            match_id: MatchId::from("abc"),
+            reason: crate::PartnerLeftReason::Skipped,
+        };
+        let json = m.to_json();
+        assert_eq!(
+            json,
+            r#"{"type":"partner_left","match_id":"abc","reason":"skipped"}"#
+        );
+        let back: ServerMessage = serde_json::from_str(&json).expect("round trip");
+        assert_eq!(back, m);
+        let unknown: ServerMessage =
+            serde_json::from_str(r#"{"type":"error","code":"brand_new","message":"x"}"#)
+                .expect("unknown codes are tolerated");
+        assert_eq!(
+            unknown,
+            ServerMessage::error(ErrorCode::Other, "x"),
+            "unknown error codes map to Other"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(s in ".{0,300}") {
+            let _ = parse_client_message(&s);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let s = String::from_utf8_lossy(&bytes);
+            let _ = parse_client_message(&s);
+        }
+
+        #[test]
+        fn json_shaped_input_never_panics(
+            t in prop::sample::select(vec!["hello","join","signal","chat","typing","next","leave","report","x"]),
+            key in "[a-z_]{1,12}",
+            val in prop_oneof![
+                Just("null".to_string()),
+                any::<i64>().prop_map(|n| n.to_string()),
+                ".{0,40}".prop_map(|s| serde_json::Value::String(s).to_string()),
+                Just("[\"a\",\"b\"]".to_string()),
+                Just("{\"nested\":{\"deep\":[1,2,3]}}".to_string()),
+            ],
+        ) {
+            let text = format!(r#"{{"type":"{t}","{key}":{val},"match_id":"m"}}"#);
+            let _ = parse_client_message(&text);
+        }
+    }
+}
