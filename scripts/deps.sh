@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs what building and testing Peer Stream needs and is missing: Debian/Ubuntu
+# packages (through apt-get, with sudo when not root) and the Rust target used for the
+# Windows cross-check. Safe to run again: it only installs what is absent.
+#
+#   scripts/deps.sh          packages to build and run
+#   scripts/deps.sh --test   also what the test suite needs (Windows cross-check, ...)
+set -euo pipefail
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+packages=(build-essential pkg-config cmake nasm clang libclang-dev libasound2-dev)
+if [ "$want_test" = 1 ]; then
+  packages+=(gcc-mingw-w64-x86-64 g++-mingw-w64-x86-64)
+fi
+
+if command -v dpkg-query >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  missing=()
+  for p in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+      missing+=("$p")
+    fi
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "deps: installing ${missing[*]}"
+    sudo=""
+    if [ "$(id -u)" != 0 ]; then
+      if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+        echo "deps: need root or sudo to install: ${missing[*]}" >&2
+        exit 1
+      fi
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+else
+  echo "deps: not a Debian/Ubuntu system; make sure these are installed: ${packages[*]}" >&2
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "deps: cargo not found; install Rust from https://rustup.rs first" >&2
+  exit 1
+fi
+
+if [ "$want_test" = 1 ] && command -v rustup >/dev/null 2>&1; then
+  for c in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+  done
+  rustup target list --installed 2>/dev/null | grep -qx x86_64-pc-windows-gnu \
+    || rustup target add x86_64-pc-windows-gnu
+fi
