@@ -1,8 +1,13 @@
-//! Peer Stream desktop app. The media engine and the window land in later milestones;
-//! for now the binary parses its future command line and checks the server is reachable
-//! by name, so packaging and CI already build it on every platform.
+//! `peer-stream`: the desktop app, or with `--headless` a bot peer without a window.
 
+use anyhow::Context;
 use clap::Parser;
+use peer_stream::engine::EngineConfig;
+use peer_stream::headless::{self, HeadlessOptions};
+use peer_stream::media::capture::{AudioChoice, VideoChoice};
+use peer_stream::media::playback::SinkChoice;
+use std::io::Write;
+use std::time::Duration;
 
 /// Meet a random stranger over peer-to-peer video.
 #[derive(Debug, Parser)]
@@ -11,28 +16,111 @@ struct Args {
     /// Signaling server WebSocket URL.
     #[arg(long, env = "PEER_STREAM_SERVER", default_value = "ws://127.0.0.1:3000/ws")]
     server: String,
-    /// Run without a window (bot mode for tests and demos).
+    /// Run without a window: a bot that meets strangers and prints a JSON summary at exit.
     #[arg(long)]
     headless: bool,
-    /// Use a synthetic test pattern and tone instead of camera and microphone.
+    /// Use a synthetic moving test pattern and a tone instead of camera and microphone
+    /// (chosen automatically when no device exists).
     #[arg(long)]
     fake_media: bool,
+    /// Interests to be matched on, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    interests: Vec<String>,
+    /// Headless: skip to the next stranger this many seconds after a call goes live.
+    #[arg(long, value_name = "SECS")]
+    next_after: Option<f64>,
+    /// Headless: exit after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// Headless: what to say to every new stranger.
+    #[arg(long, default_value = "hello from a peer-stream bot")]
+    say: String,
+    /// Frequency of the synthetic tone, in Hz.
+    #[arg(long, default_value_t = 440.0)]
+    tone_hz: f32,
+    /// Local UDP address for WebRTC host candidates (repeatable), e.g. 127.0.0.1:0.
+    #[arg(long = "udp-addr")]
+    udp_addrs: Vec<String>,
+    /// Video bitrate in kbit/s.
+    #[arg(long, default_value_t = 1000)]
+    bitrate_kbps: u32,
+    /// Do not search again by itself when a stranger leaves.
+    #[arg(long)]
+    no_auto_requeue: bool,
+    /// Log filter (tracing EnvFilter syntax); logs go to stderr.
+    #[arg(long, env = "PEER_STREAM_LOG", default_value = "info")]
+    log: String,
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let args = Args::parse();
-    tracing::info!(
-        server = %args.server,
-        headless = args.headless,
-        fake_media = args.fake_media,
-        protocol = peer_stream_shared::PROTOCOL_VERSION,
-        "peer-stream desktop app: the call window is not built yet; run the server with `make run`"
-    );
-    Ok(())
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .with_context(|| format!("invalid --log filter {:?}", args.log))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let mut engine = EngineConfig::new(args.server.clone());
+    if args.fake_media {
+        engine.video = VideoChoice::Synthetic;
+        engine.audio_in = AudioChoice::Synthetic;
+        engine.audio_out = SinkChoice::Null;
+    }
+    engine.tone_hz = args.tone_hz;
+    engine.udp_addrs = args.udp_addrs.clone();
+    engine.video_settings.bitrate_bps = args.bitrate_kbps.saturating_mul(1000);
+    engine.auto_requeue = !args.no_auto_requeue;
+
+    if !args.headless {
+        anyhow::bail!(
+            "the desktop window is not built yet; run with --headless (see README)"
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let opts = HeadlessOptions {
+        engine,
+        interests: args.interests.clone(),
+        next_after: args.next_after.map(Duration::from_secs_f64),
+        duration: args.duration.map(Duration::from_secs_f64),
+        say: args.say.clone(),
+    };
+    let summary = runtime.block_on(headless::run(opts, shutdown_signal()));
+    let json = serde_json::to_string(&summary).context("encoding the summary")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{json}").context("writing the summary")?;
+    out.flush().ok();
+    drop(out);
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    if summary.success() {
+        Ok(())
+    } else {
+        std::process::exit(1);
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
 }

@@ -1,0 +1,372 @@
+//! One call: the peer connection plus the media stages wired to it.
+//!
+//! send:    capture hub → encoder thread → bounded channel → peer (video)
+//!          capture hub → Opus task → peer (audio)
+//! receive: peer → decoder thread → latest-frame mailbox (video)
+//!          peer → Opus decoder thread → audio sink (audio)
+//!
+//! Everything stops when the call's cancellation token fires; the decoder checks it
+//! before publishing, so a frame of an old match never reaches the screen.
+
+use super::stats::Counters;
+use crate::media::codec::h264::{H264Decoder, H264Encoder};
+use crate::media::codec::opus::{OpusDecoder, OpusEncoder};
+use crate::media::frame::{RgbaFrame, VideoFrame, AUDIO_FRAME_SAMPLES};
+use crate::media::mailbox::FrameMailbox;
+use crate::media::pattern;
+use crate::media::playback::AudioSink;
+use crate::net::peer::{Peer, PeerEvent, PeerSettings, ReceivedMedia, RemoteSinks};
+use bytes::Bytes;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Video settings of the sending side.
+#[derive(Clone, Debug)]
+pub struct VideoSettings {
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub bitrate_bps: u32,
+}
+
+/// What a call needs from the engine.
+#[derive(Clone)]
+pub struct CallContext {
+    pub counters: Arc<Counters>,
+    pub remote_video: Arc<FrameMailbox<RgbaFrame>>,
+    pub sink: Arc<Mutex<Box<dyn AudioSink>>>,
+    pub video: VideoSettings,
+    pub repaint: Arc<dyn Fn() + Send + Sync>,
+    /// The capture hub's newest video frame.
+    pub video_frames: watch::Receiver<Option<Arc<VideoFrame>>>,
+    /// The capture hub's audio frames.
+    pub audio_frames: broadcast::Sender<Arc<Vec<i16>>>,
+}
+
+pub struct Call {
+    pub match_id: String,
+    pub peer: Peer,
+    pub events: mpsc::Receiver<PeerEvent>,
+    cancel: CancellationToken,
+    force_keyframe: Arc<AtomicBool>,
+    sending: bool,
+    ctx: CallContext,
+}
+
+fn now_ms() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u32)
+        .unwrap_or(0)
+}
+
+impl Call {
+    /// Builds the peer connection and starts the receive side; sending starts once
+    /// the connection is up ([`Call::connected`]).
+    pub async fn start(match_id: String, settings: &PeerSettings, ctx: CallContext) -> anyhow::Result<Self> {
+        let (events_tx, events) = mpsc::channel(256);
+        let (video_tx, video_rx) = std::sync::mpsc::sync_channel::<ReceivedMedia>(16);
+        let (audio_tx, audio_rx) = std::sync::mpsc::sync_channel::<ReceivedMedia>(64);
+        let peer = Peer::new(
+            settings,
+            events_tx,
+            RemoteSinks {
+                video: video_tx,
+                audio: audio_tx,
+            },
+        )
+        .await?;
+        ctx.counters.match_started(&match_id);
+        let cancel = CancellationToken::new();
+        let call = Self {
+            match_id,
+            peer,
+            events,
+            cancel,
+            force_keyframe: Arc::new(AtomicBool::new(true)),
+            sending: false,
+            ctx,
+        };
+        call.spawn_video_decoder(video_rx)?;
+        call.spawn_audio_decoder(audio_rx)?;
+        Ok(call)
+    }
+
+    /// The connection is up: start encoding and sending, opening with a keyframe.
+    pub fn connected(&mut self) {
+        if self.sending {
+            return;
+        }
+        self.sending = true;
+        self.force_keyframe.store(true, Relaxed);
+        if let Err(e) = self.spawn_video_sender() {
+            tracing::error!("cannot start video sending: {e:#}");
+        }
+        self.spawn_audio_sender();
+    }
+
+    pub fn request_keyframe_from_us(&self) {
+        self.ctx.counters.keyframe_requests_received.fetch_add(1, Relaxed);
+        self.force_keyframe.store(true, Relaxed);
+    }
+
+    pub async fn close(self) {
+        self.cancel.cancel();
+        self.peer.close().await;
+    }
+
+    fn spawn_video_sender(&self) -> anyhow::Result<()> {
+        let mut frames = self.ctx.video_frames.clone();
+        frames.mark_unchanged();
+        let (enc_tx, mut enc_rx) = mpsc::channel::<(Bytes, bool)>(4);
+        let v = self.ctx.video.clone();
+        let cancel = self.cancel.clone();
+        let force = Arc::clone(&self.force_keyframe);
+        let counters = Arc::clone(&self.ctx.counters);
+        let rt = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("video-encode".into())
+            .spawn(move || {
+                let mut encoder = match H264Encoder::new(v.width, v.height, v.fps, v.bitrate_bps) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::error!("H.264 encoder: {e:#}");
+                        return;
+                    }
+                };
+                while !cancel.is_cancelled() {
+                    let changed = rt.block_on(async {
+                        tokio::time::timeout(Duration::from_millis(200), frames.changed()).await
+                    });
+                    match changed {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break, // capture stopped
+                        Err(_) => continue,  // no frame for a while; check cancel
+                    }
+                    let Some(frame) = frames.borrow_and_update().clone() else {
+                        continue;
+                    };
+                    if force.swap(false, Relaxed) {
+                        encoder.force_keyframe();
+                    }
+                    match encoder.encode(&frame) {
+                        Ok(Some(encoded)) => {
+                            counters.frames_encoded.fetch_add(1, Relaxed);
+                            let key = encoded.keyframe;
+                            if enc_tx.try_send((Bytes::from(encoded.data), key)).is_err() {
+                                // The network side is behind: drop this frame, and restart
+                                // the picture chain with a keyframe so the partner recovers.
+                                counters.frames_dropped.fetch_add(1, Relaxed);
+                                force.store(true, Relaxed);
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!("H.264 encode failed: {e:#}"),
+                    }
+                }
+            })?;
+        let peer = self.peer.clone();
+        let counters = Arc::clone(&self.ctx.counters);
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                let item = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    item = enc_rx.recv() => item,
+                };
+                let Some((data, key)) = item else { break };
+                let len = data.len() as u64;
+                match peer.send_video(data).await {
+                    Ok(()) => {
+                        counters.frames_sent.fetch_add(1, Relaxed);
+                        counters.video_bytes_sent.fetch_add(len, Relaxed);
+                        if key {
+                            counters.keyframes_sent.fetch_add(1, Relaxed);
+                        }
+                    }
+                    Err(e) => {
+                        if cancel.is_cancelled() {
+                            break;
+                        }
+                        tracing::debug!("video send: {e:#}");
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn spawn_audio_sender(&self) {
+        let mut audio = self.ctx.audio_frames.subscribe();
+        let peer = self.peer.clone();
+        let counters = Arc::clone(&self.ctx.counters);
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            let mut encoder = match OpusEncoder::new() {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!("Opus encoder: {e:#}");
+                    return;
+                }
+            };
+            loop {
+                let pcm = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    r = audio.recv() => match r {
+                        Ok(pcm) => pcm,
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::debug!("audio sender lagged by {n} frames");
+                            continue;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                };
+                let packet = match encoder.encode(&pcm) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!("Opus encode failed: {e:#}");
+                        continue;
+                    }
+                };
+                match peer.send_audio(Bytes::from(packet)).await {
+                    Ok(()) => {
+                        counters.audio_frames_sent.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => {
+                        if cancel.is_cancelled() {
+                            break;
+                        }
+                        tracing::debug!("audio send: {e:#}");
+                    }
+                }
+            }
+        });
+    }
+
+    fn spawn_video_decoder(&self, rx: std::sync::mpsc::Receiver<ReceivedMedia>) -> anyhow::Result<()> {
+        let cancel = self.cancel.clone();
+        let ctx = self.ctx.clone();
+        let match_id = self.match_id.clone();
+        let peer = self.peer.clone();
+        let rt = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("video-decode".into())
+            .spawn(move || {
+                let mut decoder = match H264Decoder::new() {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::error!("H.264 decoder: {e:#}");
+                        return;
+                    }
+                };
+                let mut last_request = Instant::now() - Duration::from_secs(10);
+                let mut request_keyframe = |why: &str| {
+                    if last_request.elapsed() >= Duration::from_millis(500) {
+                        last_request = Instant::now();
+                        tracing::debug!("asking for a keyframe: {why}");
+                        let peer = peer.clone();
+                        rt.spawn(async move { peer.request_keyframe().await });
+                    }
+                };
+                while !cancel.is_cancelled() {
+                    let media = match rx.recv_timeout(Duration::from_millis(200)) {
+                        Ok(m) => m,
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    };
+                    ctx.counters
+                        .video_bytes_received
+                        .fetch_add(media.data.len() as u64, Relaxed);
+                    if media.dropped_before > 0 {
+                        request_keyframe("packets lost");
+                    }
+                    match decoder.decode(&media.data) {
+                        Ok(Some(frame)) => {
+                            let stamp = pattern::read_stamp_rgba(&frame.data, frame.width, frame.height)
+                                .map(|s| (s.seq, f64::from(pattern::latency_ms(&s, now_ms()))));
+                            if cancel.is_cancelled() {
+                                break;
+                            }
+                            ctx.counters.frame_decoded(&match_id, stamp);
+                            ctx.remote_video.put(frame);
+                            (ctx.repaint)();
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            ctx.counters.decode_errors.fetch_add(1, Relaxed);
+                            tracing::debug!("H.264 decode failed: {e:#}");
+                            request_keyframe("decode error");
+                        }
+                    }
+                }
+            })?;
+        Ok(())
+    }
+
+    fn spawn_audio_decoder(&self, rx: std::sync::mpsc::Receiver<ReceivedMedia>) -> anyhow::Result<()> {
+        let cancel = self.cancel.clone();
+        let ctx = self.ctx.clone();
+        let match_id = self.match_id.clone();
+        std::thread::Builder::new()
+            .name("audio-decode".into())
+            .spawn(move || {
+                let mut decoder = match OpusDecoder::new() {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::error!("Opus decoder: {e:#}");
+                        return;
+                    }
+                };
+                let mut last_ts: Option<u32> = None;
+                while !cancel.is_cancelled() {
+                    let media = match rx.recv_timeout(Duration::from_millis(200)) {
+                        Ok(m) => m,
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    };
+                    // Conceal up to 100 ms of lost frames; the first missing one comes
+                    // back from this packet's in-band FEC.
+                    if let Some(prev) = last_ts {
+                        let gap = media.rtp_timestamp.wrapping_sub(prev) / AUDIO_FRAME_SAMPLES as u32;
+                        if (2..=6).contains(&gap) {
+                            for i in 1..gap {
+                                let pcm = if i == gap - 1 {
+                                    decoder.decode_fec(&media.data)
+                                } else {
+                                    decoder.decode_lost()
+                                };
+                                if let Ok(pcm) = pcm {
+                                    play(&ctx, &pcm);
+                                }
+                            }
+                        }
+                    }
+                    last_ts = Some(media.rtp_timestamp);
+                    match decoder.decode(&media.data) {
+                        Ok(pcm) => {
+                            ctx.counters.audio_decoded(&match_id, &pcm);
+                            play(&ctx, &pcm);
+                        }
+                        Err(e) => tracing::debug!("Opus decode failed: {e:#}"),
+                    }
+                }
+            })?;
+        Ok(())
+    }
+}
+
+fn play(ctx: &CallContext, pcm: &[i16]) {
+    ctx.sink
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .play(pcm);
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}

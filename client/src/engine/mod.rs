@@ -1,0 +1,204 @@
+//! The engine the UI and the headless bot drive: start it, send [`Command`]s, read
+//! [`EngineState`] and [`EngineEvent`]s, and take decoded frames from the mailbox.
+//! It never blocks its caller: commands are queued, state is a snapshot behind a
+//! short lock, and the work happens on the tokio runtime and media threads.
+
+pub mod call;
+pub mod capture;
+pub mod stats;
+
+use crate::media::capture::{open_audio, open_video, AudioChoice, VideoChoice};
+use crate::media::frame::RgbaFrame;
+use crate::media::mailbox::FrameMailbox;
+use crate::media::playback::{open_sink, SinkChoice};
+use crate::session::machine::{Notice, Phase};
+use call::VideoSettings;
+use capture::CaptureHub;
+use stats::{CallStats, Counters};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How to start an engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Signaling server WebSocket URL, e.g. `ws://127.0.0.1:3000/ws`.
+    pub server_url: String,
+    /// Sent in `hello`.
+    pub client_name: String,
+    pub video: VideoChoice,
+    pub audio_in: AudioChoice,
+    pub audio_out: SinkChoice,
+    /// Frequency of the synthetic tone (lets tests tell peers apart).
+    pub tone_hz: f32,
+    pub video_settings: VideoSettings,
+    /// Local UDP addresses for ICE host candidates (empty: automatic).
+    pub udp_addrs: Vec<String>,
+    /// Search again by itself when a stranger leaves.
+    pub auto_requeue: bool,
+}
+
+impl EngineConfig {
+    pub fn new(server_url: impl Into<String>) -> Self {
+        Self {
+            server_url: server_url.into(),
+            client_name: format!("peer-stream/{}", env!("CARGO_PKG_VERSION")),
+            video: VideoChoice::Default,
+            audio_in: AudioChoice::Default,
+            audio_out: SinkChoice::Default,
+            tone_hz: 440.0,
+            video_settings: VideoSettings {
+                width: 640,
+                height: 480,
+                fps: 30,
+                bitrate_bps: 1_000_000,
+            },
+            udp_addrs: Vec::new(),
+            auto_requeue: true,
+        }
+    }
+}
+
+/// What the UI (or bot) asks of the engine.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    Start { interests: Vec<String> },
+    Next,
+    Stop,
+    SendChat(String),
+    Typing(bool),
+    Report(String),
+    SetMicMuted(bool),
+    SetCameraOff(bool),
+    SetAutoRequeue(bool),
+}
+
+/// What happened, in order, for chat logs and bots.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EngineEvent {
+    Phase(Phase),
+    Notice(Notice),
+    /// The server is unreachable; the next attempt is in `retry_in`.
+    ServerUnreachable { error: String, retry_in: Duration },
+    Stats(CallStats),
+}
+
+/// A snapshot of everything the UI draws besides video.
+#[derive(Clone, Debug)]
+pub struct EngineState {
+    pub phase: Phase,
+    pub online: Option<u64>,
+    pub stats: CallStats,
+    pub stranger_typing: bool,
+    pub video_source: String,
+    pub video_synthetic: bool,
+    pub audio_source: String,
+    pub audio_synthetic: bool,
+    pub audio_sink: String,
+    pub server_error: Option<String>,
+    pub mic_muted: bool,
+    pub camera_off: bool,
+}
+
+/// The handle the UI holds. Dropping it stops the engine.
+pub struct Engine {
+    commands: mpsc::Sender<Command>,
+    events: Option<mpsc::Receiver<EngineEvent>>,
+    state: Arc<Mutex<EngineState>>,
+    pub counters: Arc<Counters>,
+    pub remote_video: Arc<FrameMailbox<RgbaFrame>>,
+    cancel: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Opens capture devices (falling back to synthetic sources), then starts the
+    /// session driver on `runtime`. `repaint` is called whenever something new can be
+    /// drawn.
+    pub fn start(
+        config: EngineConfig,
+        runtime: &tokio::runtime::Handle,
+        repaint: Arc<dyn Fn() + Send + Sync>,
+    ) -> Self {
+        let counters = Arc::new(Counters::default());
+        let vs = config.video_settings.clone();
+        let video = open_video(&config.video, vs.width, vs.height, vs.fps);
+        let audio = open_audio(&config.audio_in, config.tone_hz);
+        let sink = open_sink(&config.audio_out);
+        let hub = CaptureHub::start(video, audio, Arc::clone(&counters));
+        let state = Arc::new(Mutex::new(EngineState {
+            phase: Phase::Offline,
+            online: None,
+            stats: CallStats::default(),
+            stranger_typing: false,
+            video_source: hub.video_name.clone(),
+            video_synthetic: hub.video_synthetic,
+            audio_source: hub.audio_name.clone(),
+            audio_synthetic: hub.audio_synthetic,
+            audio_sink: sink.name(),
+            server_error: None,
+            mic_muted: false,
+            camera_off: false,
+        }));
+        let (cmd_tx, cmd_rx) = mpsc::channel(256);
+        let (ev_tx, ev_rx) = mpsc::channel(4096);
+        let cancel = CancellationToken::new();
+        let remote_video = Arc::new(FrameMailbox::new());
+        let driver = crate::session::driver::Driver {
+            config,
+            commands: cmd_rx,
+            events: ev_tx,
+            state: Arc::clone(&state),
+            counters: Arc::clone(&counters),
+            remote_video: Arc::clone(&remote_video),
+            sink: Arc::new(Mutex::new(sink)),
+            hub,
+            repaint,
+            cancel: cancel.clone(),
+        };
+        let task = runtime.spawn(driver.run());
+        Self {
+            commands: cmd_tx,
+            events: Some(ev_rx),
+            state,
+            counters,
+            remote_video,
+            cancel,
+            task: Some(task),
+        }
+    }
+
+    /// Queues a command; false if the queue is full or the engine stopped.
+    pub fn send(&self, cmd: Command) -> bool {
+        self.commands.try_send(cmd).is_ok()
+    }
+
+    pub fn state(&self) -> EngineState {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Takes the event stream (once).
+    pub fn take_events(&mut self) -> Option<mpsc::Receiver<EngineEvent>> {
+        self.events.take()
+    }
+
+    /// Stops the engine: leaves the call and the queue, closes the connection.
+    pub async fn shutdown(mut self) {
+        let _ = self.commands.send(Command::Stop).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}

@@ -1,0 +1,233 @@
+//! Counters every media stage bumps, and the snapshot the UI, the logs and the headless
+//! summary read. Atomics and short-held locks only: stages never wait on a reader.
+
+use crate::net::peer::PeerStats;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// One match as the bot saw it.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct MatchRecord {
+    pub match_id: String,
+    /// Matched → first decoded remote video frame, if one came.
+    pub setup_ms: Option<f64>,
+    pub frames_decoded: u64,
+    pub first_seq: Option<u32>,
+    pub last_seq: Option<u32>,
+    /// Decoded frames whose stamp went backwards (a repeat or someone else's video).
+    pub seq_regressions: u64,
+    pub audio_frames_decoded: u64,
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub frames_captured: AtomicU64,
+    pub frames_encoded: AtomicU64,
+    pub frames_sent: AtomicU64,
+    pub keyframes_sent: AtomicU64,
+    pub video_bytes_sent: AtomicU64,
+    pub frames_dropped: AtomicU64,
+    pub frames_decoded: AtomicU64,
+    pub decode_errors: AtomicU64,
+    pub video_bytes_received: AtomicU64,
+    pub audio_frames_sent: AtomicU64,
+    pub audio_frames_decoded: AtomicU64,
+    pub keyframe_requests_received: AtomicU64,
+    pub chat_received: AtomicU64,
+    pub chat_sent: AtomicU64,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    matches: Vec<MatchRecord>,
+    current_started: Option<Instant>,
+    latencies_ms: Vec<f64>,
+    /// The last 0.5 s of decoded remote audio, for tone detection.
+    recent_audio: Vec<i16>,
+    peer: PeerStats,
+}
+
+const RECENT_AUDIO: usize = 24_000;
+
+impl Counters {
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn match_started(&self, match_id: &str) {
+        let mut i = self.inner();
+        i.current_started = Some(Instant::now());
+        i.matches.push(MatchRecord {
+            match_id: match_id.to_owned(),
+            ..Default::default()
+        });
+    }
+
+    /// A decoded remote frame of the current match, with its stamp if it read back.
+    pub fn frame_decoded(&self, match_id: &str, stamp: Option<(u32, f64)>) {
+        self.frames_decoded.fetch_add(1, Relaxed);
+        let mut i = self.inner();
+        let started = i.current_started;
+        let Some(rec) = i.matches.iter_mut().rev().find(|m| m.match_id == match_id) else {
+            return;
+        };
+        rec.frames_decoded += 1;
+        if rec.setup_ms.is_none() {
+            rec.setup_ms = started.map(|s| s.elapsed().as_secs_f64() * 1000.0);
+        }
+        if let Some((seq, latency_ms)) = stamp {
+            if rec.first_seq.is_none() {
+                rec.first_seq = Some(seq);
+            }
+            if rec.last_seq.is_some_and(|last| seq <= last) {
+                rec.seq_regressions += 1;
+            }
+            rec.last_seq = Some(seq);
+            if (0.0..10_000.0).contains(&latency_ms) {
+                i.latencies_ms.push(latency_ms);
+            }
+        }
+    }
+
+    pub fn audio_decoded(&self, match_id: &str, pcm: &[i16]) {
+        self.audio_frames_decoded.fetch_add(1, Relaxed);
+        let mut i = self.inner();
+        if let Some(rec) = i.matches.iter_mut().rev().find(|m| m.match_id == match_id) {
+            rec.audio_frames_decoded += 1;
+        }
+        i.recent_audio.extend_from_slice(pcm);
+        let len = i.recent_audio.len();
+        if len > RECENT_AUDIO {
+            i.recent_audio.drain(..len - RECENT_AUDIO);
+        }
+    }
+
+    pub fn set_peer_stats(&self, stats: PeerStats) {
+        self.inner().peer = stats;
+    }
+
+    pub fn peer_stats(&self) -> PeerStats {
+        self.inner().peer.clone()
+    }
+
+    pub fn matches(&self) -> Vec<MatchRecord> {
+        self.inner().matches.clone()
+    }
+
+    pub fn latencies_ms(&self) -> Vec<f64> {
+        self.inner().latencies_ms.clone()
+    }
+
+    pub fn recent_audio(&self) -> Vec<i16> {
+        self.inner().recent_audio.clone()
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            at: Instant::now(),
+            frames_sent: self.frames_sent.load(Relaxed),
+            frames_decoded: self.frames_decoded.load(Relaxed),
+            frames_dropped: self.frames_dropped.load(Relaxed),
+            video_bytes_sent: self.video_bytes_sent.load(Relaxed),
+            video_bytes_received: self.video_bytes_received.load(Relaxed),
+            audio_frames_sent: self.audio_frames_sent.load(Relaxed),
+            audio_frames_decoded: self.audio_frames_decoded.load(Relaxed),
+            peer: self.peer_stats(),
+        }
+    }
+}
+
+/// Cumulative figures at one instant; two of them give rates.
+#[derive(Clone, Debug)]
+pub struct StatsSnapshot {
+    pub at: Instant,
+    pub frames_sent: u64,
+    pub frames_decoded: u64,
+    pub frames_dropped: u64,
+    pub video_bytes_sent: u64,
+    pub video_bytes_received: u64,
+    pub audio_frames_sent: u64,
+    pub audio_frames_decoded: u64,
+    pub peer: PeerStats,
+}
+
+/// What the stats overlay shows: rates over the last interval plus connection facts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CallStats {
+    pub rtt_ms: Option<f64>,
+    pub send_kbps: f64,
+    pub recv_kbps: f64,
+    pub fps_sent: f64,
+    pub fps_decoded: f64,
+    pub packets_lost: i64,
+    pub frames_dropped: u64,
+    /// host / srflx / prflx / relay
+    pub candidate_type: Option<String>,
+}
+
+impl CallStats {
+    pub fn between(old: &StatsSnapshot, new: &StatsSnapshot) -> Self {
+        let secs = new
+            .at
+            .saturating_duration_since(old.at)
+            .max(Duration::from_millis(1))
+            .as_secs_f64();
+        let rate = |a: u64, b: u64| b.saturating_sub(a) as f64 / secs;
+        CallStats {
+            rtt_ms: new.peer.rtt_ms,
+            send_kbps: rate(old.video_bytes_sent, new.video_bytes_sent) * 8.0 / 1000.0,
+            recv_kbps: rate(old.video_bytes_received, new.video_bytes_received) * 8.0 / 1000.0,
+            fps_sent: rate(old.frames_sent, new.frames_sent),
+            fps_decoded: rate(old.frames_decoded, new.frames_decoded),
+            packets_lost: new.peer.packets_lost,
+            frames_dropped: new.frames_dropped,
+            candidate_type: new.peer.candidate_type.clone(),
+        }
+    }
+}
+
+/// The median of a list (None when empty).
+pub fn median(values: &[f64]) -> Option<f64> {
+    percentile(values, 50.0)
+}
+
+/// Nearest-rank percentile (None when empty).
+pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    Some(v[rank.clamp(1, v.len()) - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 99.0), Some(4.0));
+    }
+
+    #[test]
+    fn seq_regressions_are_counted_per_match() {
+        let c = Counters::default();
+        c.match_started("a");
+        c.frame_decoded("a", Some((10, 20.0)));
+        c.frame_decoded("a", Some((11, 20.0)));
+        c.frame_decoded("a", Some((5, 20.0)));
+        c.match_started("b");
+        c.frame_decoded("b", Some((1, 20.0)));
+        let m = c.matches();
+        assert_eq!(m[0].seq_regressions, 1);
+        assert_eq!(m[0].frames_decoded, 3);
+        assert_eq!(m[1].seq_regressions, 0);
+        assert!(m[1].setup_ms.is_some());
+    }
+}

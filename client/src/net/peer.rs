@@ -1,0 +1,623 @@
+//! One WebRTC peer connection per match (webrtc 0.21): one H.264 and one Opus track
+//! each way, trickle ICE, keyframe requests both ways, stats.
+//!
+//! This is the only module that names webrtc types. It takes encoded media in and hands
+//! received, depacketized media out through bounded channels, so codecs and the UI are
+//! tested without a network.
+
+use super::keyframe::KeyframeRequestForwarder;
+use anyhow::{anyhow, Context};
+use bytes::Bytes;
+use peer_stream_shared::{IceServer, SignalPayload};
+use rtc::interceptor::{Registry, Slot};
+use rtc::media::io::sample_builder::SampleBuilder;
+use rtc::media::Sample;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp::codec::h264::H264Packet;
+use rtc::rtp::codec::opus::OpusPacket;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::PayloadType;
+use rtc::statistics::StatsSelector;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceServer,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
+};
+use webrtc::rtp_transceiver::RtpSender;
+
+/// RTP payload types we offer; when answering, the offer's numbers win (read them back
+/// from the sender after negotiation, never assume these).
+const H264_PT: PayloadType = 102;
+const OPUS_PT: PayloadType = 111;
+pub const VIDEO_FRAME_DURATION: Duration = Duration::from_millis(33);
+pub const AUDIO_FRAME_DURATION: Duration = Duration::from_millis(20);
+
+/// What the peer connection tells its owner.
+#[derive(Debug)]
+pub enum PeerEvent {
+    /// A local ICE candidate to send to the partner (trickle ICE).
+    LocalCandidate(SignalPayload),
+    /// The connection reached a new state.
+    State(PeerState),
+    /// The partner asked for a keyframe (PLI/FIR).
+    KeyframeRequested,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerState {
+    Connecting,
+    Connected,
+    Disconnected,
+    Failed,
+    Closed,
+}
+
+/// One depacketized access unit / Opus packet from the partner.
+#[derive(Debug)]
+pub struct ReceivedMedia {
+    pub data: Bytes,
+    pub rtp_timestamp: u32,
+    /// Packets the sample builder dropped before this one (a hint to request a keyframe).
+    pub dropped_before: u16,
+}
+
+/// Where received media goes. Bounded: a full video channel drops the access unit and
+/// the video receiver asks for a keyframe instead of queueing without end.
+#[derive(Clone)]
+pub struct RemoteSinks {
+    pub video: std::sync::mpsc::SyncSender<ReceivedMedia>,
+    pub audio: std::sync::mpsc::SyncSender<ReceivedMedia>,
+}
+
+/// Settings for one connection.
+#[derive(Clone, Debug)]
+pub struct PeerSettings {
+    pub ice_servers: Vec<IceServer>,
+    /// Local addresses to gather host candidates on, e.g. `127.0.0.1:0` for loopback tests.
+    /// Empty: every non-loopback interface address (plus loopback as a last resort).
+    pub udp_addrs: Vec<String>,
+}
+
+/// A snapshot of connection-level statistics.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PeerStats {
+    pub rtt_ms: Option<f64>,
+    /// host / srflx / prflx / relay of the selected local candidate.
+    pub candidate_type: Option<String>,
+    pub packets_lost: i64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+struct Handler {
+    events: mpsc::Sender<PeerEvent>,
+    sinks: RemoteSinks,
+    remote_video: Arc<Mutex<Option<(Arc<dyn TrackRemote>, u32)>>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        match event.candidate.to_json() {
+            Ok(init) => {
+                let payload = SignalPayload::Candidate {
+                    candidate: init.candidate,
+                    sdp_mid: init.sdp_mid,
+                    sdp_mline_index: init.sdp_mline_index,
+                };
+                let _ = self.events.send(PeerEvent::LocalCandidate(payload)).await;
+            }
+            Err(e) => tracing::warn!("cannot serialize a local candidate: {e}"),
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        tracing::debug!(%state, "peer connection state");
+        let mapped = match state {
+            RTCPeerConnectionState::Connected => PeerState::Connected,
+            RTCPeerConnectionState::Disconnected => PeerState::Disconnected,
+            RTCPeerConnectionState::Failed => PeerState::Failed,
+            RTCPeerConnectionState::Closed => PeerState::Closed,
+            _ => PeerState::Connecting,
+        };
+        let _ = self.events.send(PeerEvent::State(mapped)).await;
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let Some(ssrc) = track.ssrcs().await.first().copied() else {
+            return;
+        };
+        let kind = track.kind().await;
+        let mime = track
+            .codec(ssrc)
+            .await
+            .map(|c| c.mime_type.to_lowercase())
+            .unwrap_or_default();
+        tracing::debug!(?kind, %mime, ssrc, "remote track");
+        if kind == RtpCodecKind::Video {
+            *self
+                .remote_video
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some((Arc::clone(&track), ssrc));
+            tokio::spawn(receive_video(track, ssrc, self.sinks.video.clone()));
+        } else {
+            tokio::spawn(receive_audio(track, self.sinks.audio.clone()));
+        }
+    }
+}
+
+/// Rebuilds H.264 access units from RTP and hands them on. Runs in its own task so the
+/// track's bounded event queue never fills up behind a slow decoder.
+async fn receive_video(track: Arc<dyn TrackRemote>, ssrc: u32, sink: std::sync::mpsc::SyncSender<ReceivedMedia>) {
+    let mut builder = SampleBuilder::new(512, H264Packet::default(), 90_000);
+    let mut want_keyframe = false;
+    while let Some(event) = track.poll().await {
+        match event {
+            TrackRemoteEvent::OnRtpPacket(packet) => {
+                let now = Instant::now();
+                builder.push(now, packet);
+                while let Some((sample, rtp_timestamp)) = builder.pop_with_timestamp(now) {
+                    let media = ReceivedMedia {
+                        data: sample.data,
+                        rtp_timestamp,
+                        dropped_before: sample.prev_dropped_packets,
+                    };
+                    if sink.try_send(media).is_err() {
+                        want_keyframe = true;
+                    }
+                }
+                if want_keyframe {
+                    want_keyframe = false;
+                    let pli = PictureLossIndication {
+                        sender_ssrc: 0,
+                        media_ssrc: ssrc,
+                    };
+                    let _ = track.write_rtcp(vec![Box::new(pli)]).await;
+                }
+            }
+            TrackRemoteEvent::OnEnded | TrackRemoteEvent::OnError => break,
+            _ => {}
+        }
+    }
+    tracing::debug!("remote video track ended");
+}
+
+async fn receive_audio(track: Arc<dyn TrackRemote>, sink: std::sync::mpsc::SyncSender<ReceivedMedia>) {
+    let mut builder = SampleBuilder::new(64, OpusPacket, 48_000);
+    while let Some(event) = track.poll().await {
+        match event {
+            TrackRemoteEvent::OnRtpPacket(packet) => {
+                let now = Instant::now();
+                builder.push(now, packet);
+                while let Some((sample, rtp_timestamp)) = builder.pop_with_timestamp(now) {
+                    let _ = sink.try_send(ReceivedMedia {
+                        data: sample.data,
+                        rtp_timestamp,
+                        dropped_before: sample.prev_dropped_packets,
+                    });
+                }
+            }
+            TrackRemoteEvent::OnEnded | TrackRemoteEvent::OnError => break,
+            _ => {}
+        }
+    }
+    tracing::debug!("remote audio track ended");
+}
+
+fn h264_codec() -> RTCRtpCodec {
+    let fb = |typ: &str, parameter: &str| RTCPFeedback {
+        typ: typ.to_owned(),
+        parameter: parameter.to_owned(),
+    };
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_H264.to_owned(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"
+            .to_owned(),
+        rtcp_feedback: vec![fb("nack", ""), fb("nack", "pli"), fb("ccm", "fir")],
+    }
+}
+
+fn opus_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn local_track(kind: RtpCodecKind, codec: RTCRtpCodec, ssrc: u32) -> anyhow::Result<TrackLocalStaticSample> {
+    let id = format!("peer-stream-{kind}-local");
+    TrackLocalStaticSample::new(
+        Instant::now(),
+        MediaStreamTrack::new(
+            "peer-stream".to_owned(),
+            id.clone(),
+            id,
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec,
+                ..Default::default()
+            }],
+        ),
+    )
+    .map_err(|e| anyhow!("creating the {kind} track: {e}"))
+}
+
+/// A sending track with its negotiated payload type (known only after negotiation).
+struct Outgoing {
+    track: Arc<TrackLocalStaticSample>,
+    sender: Arc<dyn RtpSender>,
+    ssrc: u32,
+    payload_type: Mutex<Option<PayloadType>>,
+}
+
+impl Outgoing {
+    async fn payload_type(&self) -> anyhow::Result<PayloadType> {
+        if let Some(pt) = *self.payload_type.lock().unwrap_or_else(PoisonError::into_inner) {
+            return Ok(pt);
+        }
+        let params = self
+            .sender
+            .get_parameters()
+            .await
+            .map_err(|e| anyhow!("sender parameters: {e}"))?;
+        let pt = params
+            .rtp_parameters
+            .codecs
+            .first()
+            .map(|c| c.payload_type)
+            .ok_or_else(|| anyhow!("no codec negotiated yet"))?;
+        *self.payload_type.lock().unwrap_or_else(PoisonError::into_inner) = Some(pt);
+        Ok(pt)
+    }
+
+    async fn write(&self, data: Bytes, duration: Duration) -> anyhow::Result<()> {
+        let pt = self.payload_type().await?;
+        self.track
+            .sample_writer(self.ssrc, pt)
+            .write_sample(&Sample {
+                data,
+                duration,
+                ..Sample::new(Instant::now())
+            })
+            .await
+            .map_err(|e| anyhow!("write sample: {e}"))
+    }
+}
+
+/// One peer connection. Cheap to share (`Arc` inside).
+#[derive(Clone)]
+pub struct Peer {
+    inner: Arc<PeerInner>,
+}
+
+struct PeerInner {
+    pc: Arc<dyn PeerConnection>,
+    video: Outgoing,
+    audio: Outgoing,
+    remote_video: Arc<Mutex<Option<(Arc<dyn TrackRemote>, u32)>>>,
+    /// Candidates that arrived before the remote description; added once it is set.
+    pending: Mutex<Vec<RTCIceCandidateInit>>,
+    remote_set: AtomicBool,
+    closed: AtomicBool,
+}
+
+impl Peer {
+    /// Builds the connection and adds both sending tracks. Keyframe requests from the
+    /// partner and connection events arrive on `events`; received media on `sinks`.
+    pub async fn new(
+        settings: &PeerSettings,
+        events: mpsc::Sender<PeerEvent>,
+        sinks: RemoteSinks,
+    ) -> anyhow::Result<Self> {
+        let mut media = MediaEngine::default();
+        media
+            .register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: h264_codec(),
+                    payload_type: H264_PT,
+                    ..Default::default()
+                },
+                RtpCodecKind::Video,
+            )
+            .map_err(|e| anyhow!("register H.264: {e}"))?;
+        media
+            .register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: opus_codec(),
+                    payload_type: OPUS_PT,
+                    ..Default::default()
+                },
+                RtpCodecKind::Audio,
+            )
+            .map_err(|e| anyhow!("register Opus: {e}"))?;
+        let registry = register_default_interceptors(Registry::new(), &mut media)
+            .map_err(|e| anyhow!("interceptors: {e}"))?
+            .with(Slot::from(14_000), KeyframeRequestForwarder::default());
+        let ice_servers = settings
+            .ice_servers
+            .iter()
+            .map(|s| RTCIceServer {
+                urls: s.urls.clone(),
+                username: s.username.clone().unwrap_or_default(),
+                credential: s.credential.clone().unwrap_or_default(),
+                ..Default::default()
+            })
+            .collect();
+        let config = RTCConfigurationBuilder::new()
+            .with_ice_servers(ice_servers)
+            .build();
+        let remote_video = Arc::new(Mutex::new(None));
+        let handler = Arc::new(Handler {
+            events: events.clone(),
+            sinks,
+            remote_video: Arc::clone(&remote_video),
+        });
+        let udp_addrs = if settings.udp_addrs.is_empty() {
+            default_udp_addrs()
+        } else {
+            settings.udp_addrs.clone()
+        };
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(config)
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .with_handler(handler)
+            .with_udp_addrs(udp_addrs)
+            .build()
+            .await
+            .map_err(|e| anyhow!("peer connection: {e}"))?;
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+
+        let video_ssrc: u32 = rand::random();
+        let audio_ssrc: u32 = rand::random();
+        let video_track = Arc::new(local_track(RtpCodecKind::Video, h264_codec(), video_ssrc)?);
+        let audio_track = Arc::new(local_track(RtpCodecKind::Audio, opus_codec(), audio_ssrc)?);
+        let video_sender = pc
+            .add_track(Arc::clone(&video_track) as Arc<dyn TrackLocal>)
+            .await
+            .map_err(|e| anyhow!("add video track: {e}"))?;
+        let audio_sender = pc
+            .add_track(Arc::clone(&audio_track) as Arc<dyn TrackLocal>)
+            .await
+            .map_err(|e| anyhow!("add audio track: {e}"))?;
+        tokio::spawn(watch_keyframe_requests(Arc::clone(&video_track), events));
+
+        Ok(Self {
+            inner: Arc::new(PeerInner {
+                pc,
+                video: Outgoing {
+                    track: video_track,
+                    sender: video_sender,
+                    ssrc: video_ssrc,
+                    payload_type: Mutex::new(None),
+                },
+                audio: Outgoing {
+                    track: audio_track,
+                    sender: audio_sender,
+                    ssrc: audio_ssrc,
+                    payload_type: Mutex::new(None),
+                },
+                remote_video,
+                pending: Mutex::new(Vec::new()),
+                remote_set: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Offerer: creates and applies the offer; returns its SDP.
+    pub async fn create_offer(&self) -> anyhow::Result<String> {
+        let pc = &self.inner.pc;
+        let offer = pc
+            .create_offer(None)
+            .await
+            .map_err(|e| anyhow!("create offer: {e}"))?;
+        let sdp = offer.sdp.clone();
+        pc.set_local_description(offer)
+            .await
+            .map_err(|e| anyhow!("set local offer: {e}"))?;
+        Ok(sdp)
+    }
+
+    /// Answerer: applies the partner's offer, creates and applies the answer; returns it.
+    pub async fn accept_offer(&self, sdp: String) -> anyhow::Result<String> {
+        let pc = &self.inner.pc;
+        let offer = RTCSessionDescription::offer(sdp).map_err(|e| anyhow!("bad offer: {e}"))?;
+        pc.set_remote_description(offer)
+            .await
+            .map_err(|e| anyhow!("set remote offer: {e}"))?;
+        self.remote_description_set().await;
+        let answer = pc
+            .create_answer(None)
+            .await
+            .map_err(|e| anyhow!("create answer: {e}"))?;
+        let sdp = answer.sdp.clone();
+        pc.set_local_description(answer)
+            .await
+            .map_err(|e| anyhow!("set local answer: {e}"))?;
+        Ok(sdp)
+    }
+
+    /// Offerer: applies the partner's answer.
+    pub async fn accept_answer(&self, sdp: String) -> anyhow::Result<()> {
+        let answer = RTCSessionDescription::answer(sdp).map_err(|e| anyhow!("bad answer: {e}"))?;
+        self.inner
+            .pc
+            .set_remote_description(answer)
+            .await
+            .map_err(|e| anyhow!("set remote answer: {e}"))?;
+        self.remote_description_set().await;
+        Ok(())
+    }
+
+    async fn remote_description_set(&self) {
+        self.inner.remote_set.store(true, Ordering::SeqCst);
+        let pending: Vec<_> = std::mem::take(
+            &mut *self
+                .inner
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for c in pending {
+            if let Err(e) = self.inner.pc.add_ice_candidate(c).await {
+                tracing::debug!("early remote candidate rejected: {e}");
+            }
+        }
+    }
+
+    /// Adds a partner's candidate (held until the remote description is set).
+    /// An empty candidate string is the end-of-candidates marker and is ignored.
+    pub async fn add_remote_candidate(
+        &self,
+        candidate: String,
+        sdp_mid: Option<String>,
+        sdp_mline_index: Option<u16>,
+    ) -> anyhow::Result<()> {
+        if candidate.trim().is_empty() {
+            return Ok(());
+        }
+        let init = RTCIceCandidateInit {
+            candidate,
+            sdp_mid,
+            sdp_mline_index,
+            ..Default::default()
+        };
+        if !self.inner.remote_set.load(Ordering::SeqCst) {
+            self.inner
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(init);
+            return Ok(());
+        }
+        self.inner
+            .pc
+            .add_ice_candidate(init)
+            .await
+            .map_err(|e| anyhow!("add candidate: {e}"))
+    }
+
+    /// Sends one encoded H.264 access unit (Annex-B).
+    pub async fn send_video(&self, data: Bytes) -> anyhow::Result<()> {
+        self.inner.video.write(data, VIDEO_FRAME_DURATION).await
+    }
+
+    /// Sends one 20 ms Opus packet.
+    pub async fn send_audio(&self, data: Bytes) -> anyhow::Result<()> {
+        self.inner.audio.write(data, AUDIO_FRAME_DURATION).await
+    }
+
+    /// Asks the partner for a keyframe (after decode errors or loss).
+    pub async fn request_keyframe(&self) {
+        let remote = self
+            .inner
+            .remote_video
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some((track, ssrc)) = remote {
+            let pli = PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc: ssrc,
+            };
+            let _ = track.write_rtcp(vec![Box::new(pli)]).await;
+        }
+    }
+
+    pub async fn stats(&self) -> PeerStats {
+        let report = self.inner.pc.get_stats(Instant::now(), StatsSelector::None).await;
+        let mut out = PeerStats::default();
+        let pair = report
+            .candidate_pairs()
+            .filter(|p| p.nominated)
+            .max_by_key(|p| p.bytes_received + p.bytes_sent)
+            .or_else(|| report.candidate_pairs().max_by_key(|p| p.bytes_received + p.bytes_sent));
+        if let Some(pair) = pair {
+            if pair.current_round_trip_time > 0.0 {
+                out.rtt_ms = Some(pair.current_round_trip_time * 1000.0);
+            }
+            out.bytes_sent = pair.bytes_sent;
+            out.bytes_received = pair.bytes_received;
+            out.candidate_type = report.iter().find_map(|e| match e {
+                rtc::statistics::report::RTCStatsReportEntry::LocalCandidate(c)
+                    if c.stats.id == pair.local_candidate_id =>
+                {
+                    Some(c.candidate_type.to_string())
+                }
+                _ => None,
+            });
+        }
+        out.packets_lost = report
+            .inbound_rtp_streams()
+            .map(|s| s.received_rtp_stream_stats.packets_lost)
+            .sum();
+        out
+    }
+
+    /// Closes the connection; idempotent.
+    pub async fn close(&self) {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if let Err(e) = self.inner.pc.close().await {
+            tracing::debug!("closing the peer connection: {e}");
+        }
+    }
+}
+
+/// Turns PLI/FIR seen on our sending video track into `KeyframeRequested` events.
+async fn watch_keyframe_requests(track: Arc<TrackLocalStaticSample>, events: mpsc::Sender<PeerEvent>) {
+    while let Some(event) = track.poll().await {
+        if let TrackLocalEvent::OnRtcpPacket(_) = event {
+            if events.send(PeerEvent::KeyframeRequested).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// Host candidates on every usable interface. webrtc binds what it is given; binding
+/// `0.0.0.0` would skip loopback, so list real addresses (and loopback as a fallback, so
+/// two apps on one machine without a network still connect).
+fn default_udp_addrs() -> Vec<String> {
+    let mut addrs = Vec::new();
+    if let Ok(sock) = std::net::UdpSocket::bind("0.0.0.0:0") {
+        // Connecting a UDP socket sends nothing; it only picks the outgoing interface.
+        if sock.connect("192.0.2.1:9").is_ok() {
+            if let Ok(local) = sock.local_addr() {
+                if !local.ip().is_unspecified() {
+                    addrs.push(format!("{}:0", local.ip()));
+                }
+            }
+        }
+    }
+    addrs.push("127.0.0.1:0".to_owned());
+    addrs
+}
+
+/// Parses a relayed signal payload.
+pub fn parse_signal(payload: serde_json::Value) -> anyhow::Result<SignalPayload> {
+    serde_json::from_value(payload).context("unreadable signal payload")
+}

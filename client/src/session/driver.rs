@@ -1,0 +1,278 @@
+//! The task that owns the signaling connection and the current call and drives the
+//! session machine with what they report. It is the only place where protocol, peer
+//! connection and media meet; every decision is the machine's.
+
+use crate::engine::call::{Call, CallContext};
+use crate::engine::capture::CaptureHub;
+use crate::engine::stats::{CallStats, Counters, StatsSnapshot};
+use crate::engine::{Command, EngineConfig, EngineEvent, EngineState};
+use crate::media::frame::RgbaFrame;
+use crate::media::mailbox::FrameMailbox;
+use crate::media::playback::AudioSink;
+use crate::net::peer::{parse_signal, PeerEvent, PeerSettings, PeerState};
+use crate::net::signaling::{self, SignalingEvent};
+use crate::session::machine::{Input, Notice, Output, Phase, Session};
+use peer_stream_shared::{ClientMessage, MatchId, Role, SignalPayload};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub struct Driver {
+    pub config: EngineConfig,
+    pub commands: mpsc::Receiver<Command>,
+    pub events: mpsc::Sender<EngineEvent>,
+    pub state: Arc<Mutex<EngineState>>,
+    pub counters: Arc<Counters>,
+    pub remote_video: Arc<FrameMailbox<RgbaFrame>>,
+    pub sink: Arc<Mutex<Box<dyn AudioSink>>>,
+    pub hub: CaptureHub,
+    pub repaint: Arc<dyn Fn() + Send + Sync>,
+    pub cancel: CancellationToken,
+}
+
+async fn next_peer_event(call: &mut Option<Call>) -> Option<PeerEvent> {
+    match call {
+        Some(c) => c.events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Driver {
+    pub async fn run(mut self) {
+        let (out_tx, out_rx) = mpsc::channel::<ClientMessage>(256);
+        let (sig_tx, mut sig_rx) = mpsc::channel::<SignalingEvent>(1024);
+        let sig_cancel = self.cancel.child_token();
+        tokio::spawn(signaling::run(
+            self.config.server_url.clone(),
+            out_rx,
+            sig_tx,
+            sig_cancel.clone(),
+        ));
+        let mut session = Session::new(self.config.client_name.clone(), self.config.auto_requeue);
+        let mut call: Option<Call> = None;
+        let mut stats_tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_snapshot: Option<StatsSnapshot> = None;
+        let mut last_phase = Phase::Offline;
+
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                cmd = self.commands.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    if let Some(input) = self.on_command(cmd, &mut session) {
+                        session.handle(input);
+                    }
+                }
+                ev = sig_rx.recv() => match ev {
+                    Some(SignalingEvent::Connected) => {
+                        self.update(|s| s.server_error = None);
+                        session.handle(Input::ServerConnected);
+                    }
+                    Some(SignalingEvent::Message(msg)) => session.handle(Input::Server(msg)),
+                    Some(SignalingEvent::Lost { error, retry_in }) => {
+                        self.update(|s| s.server_error = Some(error.clone()));
+                        self.emit(EngineEvent::ServerUnreachable { error, retry_in });
+                        session.handle(Input::ServerLost);
+                    }
+                    None => break,
+                },
+                pev = next_peer_event(&mut call) => {
+                    if let Some(c) = call.as_mut() {
+                        let id = MatchId(c.match_id.clone());
+                        match pev {
+                            Some(PeerEvent::LocalCandidate(payload)) => {
+                                send_signal(&out_tx, &id, &payload).await;
+                            }
+                            Some(PeerEvent::State(PeerState::Connected)) => {
+                                c.connected();
+                                session.handle(Input::PeerConnected(id));
+                            }
+                            Some(PeerEvent::State(PeerState::Failed | PeerState::Closed)) | None => {
+                                session.handle(Input::PeerFailed(id));
+                            }
+                            Some(PeerEvent::State(_)) => {}
+                            Some(PeerEvent::KeyframeRequested) => c.request_keyframe_from_us(),
+                        }
+                    }
+                }
+                _ = stats_tick.tick() => {
+                    if let Some(c) = &call {
+                        self.counters.set_peer_stats(c.peer.stats().await);
+                    }
+                    let snap = self.counters.snapshot();
+                    if let Some(old) = &last_snapshot {
+                        let stats = CallStats::between(old, &snap);
+                        self.update(|s| s.stats = stats.clone());
+                        self.emit(EngineEvent::Stats(stats));
+                    }
+                    last_snapshot = Some(snap);
+                }
+            }
+
+            while let Some(output) = session.poll_output() {
+                self.execute(output, &mut call, &out_tx).await;
+            }
+            if *session.phase() != last_phase {
+                last_phase = session.phase().clone();
+                tracing::info!(phase = ?last_phase, "session");
+                self.update(|s| s.phase = last_phase.clone());
+                self.emit(EngineEvent::Phase(last_phase.clone()));
+            }
+        }
+
+        if let Some(c) = call.take() {
+            c.close().await;
+        }
+        sig_cancel.cancel();
+        self.hub.stop();
+    }
+
+    fn on_command(&mut self, cmd: Command, session: &mut Session) -> Option<Input> {
+        Some(match cmd {
+            Command::Start { interests } => Input::Start { interests },
+            Command::Next => Input::Next,
+            Command::Stop => Input::Stop,
+            Command::SendChat(t) => Input::SendChat(t),
+            Command::Typing(on) => Input::Typing(on),
+            Command::Report(r) => Input::Report(r),
+            Command::SetMicMuted(on) => {
+                self.hub.controls.mic_muted.store(on, Relaxed);
+                self.update(|s| s.mic_muted = on);
+                return None;
+            }
+            Command::SetCameraOff(on) => {
+                self.hub.controls.camera_off.store(on, Relaxed);
+                self.update(|s| s.camera_off = on);
+                return None;
+            }
+            Command::SetAutoRequeue(on) => {
+                session.set_auto_requeue(on);
+                return None;
+            }
+        })
+    }
+
+    async fn execute(&mut self, output: Output, call: &mut Option<Call>, out_tx: &mpsc::Sender<ClientMessage>) {
+        match output {
+            Output::Send(msg) => {
+                if let ClientMessage::Chat { .. } = &msg {
+                    self.counters.chat_sent.fetch_add(1, Relaxed);
+                }
+                let _ = out_tx.send(msg).await;
+            }
+            Output::StartPeer {
+                match_id,
+                role,
+                ice_servers,
+            } => {
+                if let Some(old) = call.take() {
+                    old.close().await;
+                }
+                let settings = PeerSettings {
+                    ice_servers,
+                    udp_addrs: self.config.udp_addrs.clone(),
+                };
+                let ctx = CallContext {
+                    counters: Arc::clone(&self.counters),
+                    remote_video: Arc::clone(&self.remote_video),
+                    sink: Arc::clone(&self.sink),
+                    video: self.config.video_settings.clone(),
+                    repaint: Arc::clone(&self.repaint),
+                    video_frames: self.hub.video.clone(),
+                    audio_frames: self.hub.audio.clone(),
+                };
+                match Call::start(match_id.0.clone(), &settings, ctx).await {
+                    Ok(c) => {
+                        if role == Role::Offerer {
+                            match c.peer.create_offer().await {
+                                Ok(sdp) => send_signal(out_tx, &match_id, &SignalPayload::Offer { sdp }).await,
+                                Err(e) => tracing::error!("cannot create an offer: {e:#}"),
+                            }
+                        }
+                        *call = Some(c);
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot start the call: {e:#}");
+                        self.emit(EngineEvent::Notice(Notice::System(format!(
+                            "Could not set up the call: {e}"
+                        ))));
+                    }
+                }
+            }
+            Output::PeerSignal { match_id, payload } => {
+                let Some(c) = call.as_ref().filter(|c| c.match_id == match_id.0) else {
+                    return;
+                };
+                let signal = match parse_signal(payload) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!("{e:#}");
+                        return;
+                    }
+                };
+                let result = match signal {
+                    SignalPayload::Offer { sdp } => match c.peer.accept_offer(sdp).await {
+                        Ok(answer) => {
+                            send_signal(out_tx, &match_id, &SignalPayload::Answer { sdp: answer }).await;
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    },
+                    SignalPayload::Answer { sdp } => c.peer.accept_answer(sdp).await,
+                    SignalPayload::Candidate {
+                        candidate,
+                        sdp_mid,
+                        sdp_mline_index,
+                    } => c.peer.add_remote_candidate(candidate, sdp_mid, sdp_mline_index).await,
+                };
+                if let Err(e) = result {
+                    tracing::warn!("signal for {match_id} failed: {e:#}");
+                }
+            }
+            Output::StopPeer => {
+                if let Some(c) = call.take() {
+                    c.close().await;
+                }
+                self.update(|s| s.stranger_typing = false);
+            }
+            Output::Notify(notice) => {
+                match &notice {
+                    Notice::Online(n) => self.update(|s| s.online = Some(*n)),
+                    Notice::StrangerTyping(on) => self.update(|s| s.stranger_typing = *on),
+                    Notice::Chat { from_me: false, .. } => {
+                        self.counters.chat_received.fetch_add(1, Relaxed);
+                    }
+                    _ => {}
+                }
+                self.emit(EngineEvent::Notice(notice));
+            }
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut EngineState)) {
+        f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner));
+        (self.repaint)();
+    }
+
+    fn emit(&self, ev: EngineEvent) {
+        if self.events.try_send(ev).is_err() {
+            tracing::debug!("engine event dropped: nobody is reading");
+        }
+    }
+}
+
+async fn send_signal(out: &mpsc::Sender<ClientMessage>, match_id: &MatchId, payload: &SignalPayload) {
+    match serde_json::to_value(payload) {
+        Ok(payload) => {
+            let _ = out
+                .send(ClientMessage::Signal {
+                    match_id: match_id.clone(),
+                    payload,
+                })
+                .await;
+        }
+        Err(e) => tracing::error!("cannot encode a signal: {e}"),
+    }
+}

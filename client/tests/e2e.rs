@@ -1,0 +1,239 @@
+//! End to end: real headless peer processes talking through a real signaling server
+//! (the server library on 127.0.0.1:0, so the test controls its restarts), with real
+//! WebRTC over loopback, real H.264 and Opus.
+//!
+//! The peers are CPU-heavy (encode + decode 640x480@30 each), so the tests in this file
+//! run one at a time, and assert on counts and content, never on timings.
+
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+use peer_stream_server::{run, Config};
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Server {
+    port: u16,
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_server(port: u16, dir: Option<tempfile::TempDir>) -> Server {
+    let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+    let mut cfg = Config::default();
+    cfg.db_path = dir.path().join("test.sqlite3");
+    cfg.heartbeat_interval_ms = 500;
+    cfg.heartbeat_timeout_ms = 3000;
+    cfg.rematch_cooldown_secs = 600;
+    let mut listener = None;
+    for _ in 0..100 {
+        match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => {
+                listener = Some(l);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let listener = listener.expect("bind the server port");
+    let port = listener.local_addr().unwrap().port();
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(run(listener, cfg, token.clone().cancelled_owned()));
+    Server {
+        port,
+        token,
+        handle,
+        _dir: dir,
+    }
+}
+
+impl Server {
+    async fn stop(self) -> tempfile::TempDir {
+        self.token.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
+        self._dir
+    }
+}
+
+fn peer(port: u16, extra: &[&str]) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_peer-stream"));
+    cmd.args([
+        "--headless",
+        "--fake-media",
+        "--server",
+        &format!("ws://127.0.0.1:{port}/ws"),
+        "--udp-addr",
+        "127.0.0.1:0",
+        "--log",
+        "info,webrtc=warn,rtc=warn",
+    ])
+    .args(extra)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    cmd.spawn().expect("start a headless peer")
+}
+
+/// Waits for a peer to exit by itself and returns its JSON summary.
+fn summary(child: Child, limit: Duration) -> Value {
+    let start = Instant::now();
+    let mut child = child;
+    loop {
+        match child.try_wait().expect("wait") {
+            Some(_) => break,
+            None if start.elapsed() > limit => {
+                let _ = child.kill();
+                panic!("a headless peer did not exit within {limit:?}");
+            }
+            None => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    let out = child.wait_with_output().expect("output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad summary {line:?}: {e}"))
+}
+
+fn u(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+fn lines(v: &Value) -> Vec<String> {
+    v["chat_lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Every match that decoded video saw a moving picture: increasing frame numbers.
+fn assert_moving_video(v: &Value) {
+    for m in v["per_match"].as_array().unwrap() {
+        assert_eq!(m["seq_regressions"], 0, "frame numbers went backwards: {m}");
+        if m["frames_decoded"].as_u64().unwrap() > 10 {
+            let first = m["first_seq"].as_u64().unwrap();
+            let last = m["last_seq"].as_u64().unwrap();
+            assert!(last > first, "frozen picture: {m}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_peers_see_hear_and_chat() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = start_server(0, None).await;
+    let a = peer(server.port, &["--duration", "9", "--tone-hz", "440", "--say", "hi from A"]);
+    let b = peer(server.port, &["--duration", "9", "--tone-hz", "660", "--say", "hi from B"]);
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        (summary(a, Duration::from_secs(60)), summary(b, Duration::from_secs(60)))
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+    eprintln!("A: {a}\nB: {b}");
+    for (me, other_tone, them) in [(&a, 660.0, "B"), (&b, 440.0, "A")] {
+        assert_eq!(u(me, "matches"), 1);
+        assert!(u(me, "frames_decoded") >= 100, "{me}");
+        assert_moving_video(me);
+        let last = me["per_match"][0]["last_seq"].as_u64().unwrap();
+        let first = me["per_match"][0]["first_seq"].as_u64().unwrap();
+        assert!(last >= first + 60, "the partner's frame numbers advance: {me}");
+        assert!(u(me, "audio_frames_decoded") >= 100, "{me}");
+        let hz = me["audio_dominant_hz"].as_f64().expect("received audio");
+        assert!((hz - other_tone).abs() <= 20.0, "heard {hz} Hz, partner plays {other_tone}");
+        let chat = lines(me);
+        assert!(chat.contains(&format!("stranger: hi from {them}")), "{chat:?}");
+        let mine = if them == "A" { "hi from B" } else { "hi from A" };
+        assert!(chat.contains(&format!("stranger: echo: {mine}")), "{chat:?}");
+        assert!(
+            !chat.iter().any(|l| l.contains("echo: echo:")),
+            "an echo was echoed: {chat:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_rematches_everyone_with_fresh_media() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = start_server(0, None).await;
+    let a = peer(server.port, &["--duration", "16", "--next-after", "4"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = peer(server.port, &["--duration", "16"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = peer(server.port, &["--duration", "16"]);
+    let results = tokio::task::spawn_blocking(move || {
+        [a, b, c].map(|p| summary(p, Duration::from_secs(90)))
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+    for r in &results {
+        eprintln!("{r}");
+    }
+    let [a, b, c] = &results;
+    assert!(u(a, "matches") >= 2, "A skipped and met someone new: {a}");
+    assert!(u(b, "matches") + u(c, "matches") >= 3, "B and C: {b} {c}");
+    for r in &results {
+        assert_moving_video(r);
+    }
+    // A's second match carried media too (not only the first).
+    let second = &a["per_match"][1];
+    assert!(
+        second["frames_decoded"].as_u64().unwrap() > 30,
+        "media flows in the new match: {a}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partner_killed_then_a_newcomer_is_matched() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = start_server(0, None).await;
+    let a = peer(server.port, &["--duration", "16"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut b = peer(server.port, &["--duration", "60"]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    b.kill().expect("kill B");
+    let _ = b.wait();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let c = peer(server.port, &["--duration", "9"]);
+    let (a, c) = tokio::task::spawn_blocking(move || {
+        (summary(a, Duration::from_secs(60)), summary(c, Duration::from_secs(60)))
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+    eprintln!("A: {a}\nC: {c}");
+    assert_eq!(u(&a, "matches"), 2, "A met B, then C: {a}");
+    assert!(a["per_match"][1]["frames_decoded"].as_u64().unwrap() > 30, "{a}");
+    assert!(u(&c, "frames_decoded") > 30, "{c}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_reconnect_and_requeue_after_a_server_restart() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = start_server(0, None).await;
+    let port = server.port;
+    let a = peer(port, &["--duration", "20"]);
+    let b = peer(port, &["--duration", "20"]);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let dir = server.stop().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let server = start_server(port, Some(dir)).await;
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        (summary(a, Duration::from_secs(60)), summary(b, Duration::from_secs(60)))
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+    eprintln!("A: {a}\nB: {b}");
+    for r in [&a, &b] {
+        assert_eq!(u(r, "matches"), 2, "matched again after the restart: {r}");
+        assert!(r["per_match"][1]["frames_decoded"].as_u64().unwrap() > 30, "{r}");
+        assert_moving_video(r);
+    }
+}
