@@ -10,9 +10,10 @@ set -euo pipefail
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
-packages=(build-essential pkg-config cmake nasm clang libclang-dev libasound2-dev)
+packages=(build-essential pkg-config cmake nasm clang libclang-dev libasound2-dev
+  libxkbcommon-dev libxcb-render0-dev libxcb-shape0-dev libxcb-xfixes0-dev libgl1-mesa-dev)
 if [ "$want_test" = 1 ]; then
-  packages+=(gcc-mingw-w64-x86-64 g++-mingw-w64-x86-64)
+  packages+=(gcc-mingw-w64-x86-64 g++-mingw-w64-x86-64 xvfb xauth libgl1-mesa-dri libegl1)
 fi
 
 if command -v dpkg-query >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then

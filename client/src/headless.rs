@@ -3,7 +3,7 @@
 //! write (`echo: …`, never echoing an echo), optionally skips after a while, and at
 //! the end reports what it saw as one JSON object.
 
-use crate::engine::stats::{median, percentile, MatchRecord};
+use crate::engine::stats::{median, percentile, Counters, MatchRecord};
 use crate::engine::{Command, Engine, EngineConfig, EngineEvent};
 use crate::media::tone::goertzel_power;
 use crate::session::machine::{Notice, Phase};
@@ -131,11 +131,20 @@ pub async fn run(opts: HeadlessOptions, shutdown: impl Future<Output = ()>) -> S
 }
 
 fn summarize(engine: &Engine, chat_lines: Vec<String>) -> Summary {
-    let c = &engine.counters;
+    let state = engine.state();
+    summarize_counters(&engine.counters, state.video_source, state.audio_source, chat_lines)
+}
+
+/// The summary from an engine's counters (also printed by the window at exit).
+pub fn summarize_counters(
+    c: &Counters,
+    video_source: String,
+    audio_source: String,
+    chat_lines: Vec<String>,
+) -> Summary {
     let per_match = c.matches();
     let setups: Vec<f64> = per_match.iter().filter_map(|m| m.setup_ms).collect();
     let latencies = c.latencies_ms();
-    let state = engine.state();
     Summary {
         matches: per_match.len(),
         frames_sent: c.frames_sent.load(Relaxed),
@@ -151,8 +160,8 @@ fn summarize(engine: &Engine, chat_lines: Vec<String>) -> Summary {
         latency_ms: median(&latencies),
         latency_ms_p99: percentile(&latencies, 99.0),
         audio_dominant_hz: dominant_frequency(&c.recent_audio()),
-        video_source: state.video_source,
-        audio_source: state.audio_source,
+        video_source,
+        audio_source,
         per_match,
         chat_lines,
     }

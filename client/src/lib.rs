@@ -5,6 +5,7 @@
 //! of small stages (capture → encode → send; receive → decode → render/play) joined by
 //! bounded channels, and only `net::peer` speaks webrtc.
 
+pub mod app;
 pub mod engine;
 pub mod headless;
 pub mod media;

@@ -13,9 +13,11 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(name = "peer-stream", version, about)]
 struct Args {
-    /// Signaling server WebSocket URL.
+    /// Signaling server WebSocket URL. The desktop app defaults to its built-in server.
     #[arg(long, env = "PEER_STREAM_SERVER", default_value = "ws://127.0.0.1:3000/ws")]
     server: String,
+    #[arg(skip)]
+    server_given: bool,
     /// Run without a window: a bot that meets strangers and prints a JSON summary at exit.
     #[arg(long)]
     headless: bool,
@@ -47,13 +49,37 @@ struct Args {
     /// Do not search again by itself when a stranger leaves.
     #[arg(long)]
     no_auto_requeue: bool,
+    /// Desktop: skip the home screen and start searching at once (kiosk use, tests).
+    #[arg(long)]
+    start: bool,
+    /// Desktop: save a PNG of the window here once a call shows the stranger's video.
+    #[arg(long, value_name = "PATH")]
+    screenshot: Option<std::path::PathBuf>,
     /// Log filter (tracing EnvFilter syntax); logs go to stderr.
     #[arg(long, env = "PEER_STREAM_LOG", default_value = "info")]
     log: String,
 }
 
+mod gui;
+
+impl Args {
+    fn gui_options(&self) -> gui::GuiOptions {
+        gui::GuiOptions {
+            server: self.server_given.then(|| self.server.clone()),
+            fake_media: self.fake_media,
+            interests: self.interests.clone(),
+            start: self.start,
+            duration: self.duration.map(Duration::from_secs_f64),
+            screenshot: self.screenshot.clone(),
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let matches = <Args as clap::CommandFactory>::command().get_matches();
+    let mut args = <Args as clap::FromArgMatches>::from_arg_matches(&matches)?;
+    // The desktop app uses its built-in server unless a server was named explicitly.
+    args.server_given = matches.value_source("server") != Some(clap::parser::ValueSource::DefaultValue);
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .with_context(|| format!("invalid --log filter {:?}", args.log))?;
     tracing_subscriber::fmt()
@@ -73,9 +99,7 @@ fn main() -> anyhow::Result<()> {
     engine.auto_requeue = !args.no_auto_requeue;
 
     if !args.headless {
-        anyhow::bail!(
-            "the desktop window is not built yet; run with --headless (see README)"
-        );
+        return gui::run(args.gui_options(), engine);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -3,7 +3,9 @@
 //! at about the bitrate asked for.
 #![allow(clippy::print_stderr)]
 
-use peer_stream::media::codec::h264::{nal_types, H264Decoder, H264Encoder, NAL_IDR, NAL_PPS, NAL_SPS};
+use peer_stream::media::codec::h264::{
+    nal_types, H264Decoder, H264Encoder, NAL_IDR, NAL_PPS, NAL_SPS,
+};
 use peer_stream::media::codec::opus::{OpusDecoder, OpusEncoder};
 use peer_stream::media::convert::psnr;
 use peer_stream::media::frame::AUDIO_RATE;
@@ -42,16 +44,28 @@ fn h264_round_trip_keeps_stamps_quality_and_bitrate() {
         if out.keyframe {
             keyframes += 1;
             let idr = types.iter().position(|&t| t == NAL_IDR).expect("IDR NAL");
-            let sps = types.iter().position(|&t| t == NAL_SPS).expect("SPS before IDR");
-            let pps = types.iter().position(|&t| t == NAL_PPS).expect("PPS before IDR");
+            let sps = types
+                .iter()
+                .position(|&t| t == NAL_SPS)
+                .expect("SPS before IDR");
+            let pps = types
+                .iter()
+                .position(|&t| t == NAL_PPS)
+                .expect("PPS before IDR");
             assert!(sps < idr && pps < idr, "{types:?}");
         }
-        let pic = dec.decode_i420(&out.data).expect("decode").expect("picture");
+        let pic = dec
+            .decode_i420(&out.data)
+            .expect("decode")
+            .expect("picture");
         assert_eq!((pic.width, pic.height), (W, H));
         let stamp = read_stamp_i420(&pic.data, W, H).expect("stamp readable after coding");
         assert_eq!(u64::from(stamp.seq), seq);
         assert_eq!(stamp.capture_ms, (capture_us(seq) / 1000) as u32);
-        let rgba = rgba_dec.decode(&out.data).expect("decode").expect("picture");
+        let rgba = rgba_dec
+            .decode(&out.data)
+            .expect("decode")
+            .expect("picture");
         assert_eq!(read_stamp_rgba(&rgba.data, W, H), Some(stamp));
         let luma = (W * H) as usize;
         let p = psnr(&src.data[..luma], &pic.data[..luma]);
@@ -90,8 +104,14 @@ fn h264_force_keyframe_and_periodic_keyframes() {
     }
     eprintln!("keyframes at {keys:?}");
     assert_eq!(keys.first(), Some(&0), "stream starts with an IDR");
-    assert!(keys.iter().any(|&k| (10..=12).contains(&k)), "forced keyframe: {keys:?}");
-    assert!(keys.iter().any(|&k| (55..=75).contains(&k)), "periodic keyframe after ~2 s: {keys:?}");
+    assert!(
+        keys.iter().any(|&k| (10..=12).contains(&k)),
+        "forced keyframe: {keys:?}"
+    );
+    assert!(
+        keys.iter().any(|&k| (55..=75).contains(&k)),
+        "periodic keyframe after ~2 s: {keys:?}"
+    );
 }
 
 #[test]
@@ -100,14 +120,20 @@ fn h264_set_bitrate_recreates_encoder_and_lowers_rate() {
     let mut count = |enc: &mut H264Encoder, from: u64| {
         let mut bytes = 0;
         for seq in from..from + 30 {
-            if let Some(out) = enc.encode(&pattern::render(seq, capture_us(seq), W, H)).expect("encode") {
+            if let Some(out) = enc
+                .encode(&pattern::render(seq, capture_us(seq), W, H))
+                .expect("encode")
+            {
                 bytes += out.data.len();
             }
         }
         bytes
     };
     let high = count(&mut enc, 0);
-    assert!(!enc.set_bitrate(2_050_000).expect("small change"), "small change ignored");
+    assert!(
+        !enc.set_bitrate(2_050_000).expect("small change"),
+        "small change ignored"
+    );
     assert!(enc.set_bitrate(250_000).expect("big change"));
     let low = count(&mut enc, 30);
     eprintln!("bytes per second at 2 Mb/s: {high}, at 250 kb/s: {low}");
@@ -162,8 +188,14 @@ fn opus_fec_recovers_a_dropped_frame() {
         energy(&plc_frame).sqrt()
     );
     // Skip the first few ms (decoder delay still carries the 440 Hz tail).
-    assert!(tone_dominates(&fec_frame[240..], 660.0, AUDIO_RATE), "FEC did not rebuild the 660 Hz frame");
-    assert!(!tone_dominates(&plc_frame[240..], 660.0, AUDIO_RATE), "PLC should not know about 660 Hz");
+    assert!(
+        tone_dominates(&fec_frame[240..], 660.0, AUDIO_RATE),
+        "FEC did not rebuild the 660 Hz frame"
+    );
+    assert!(
+        !tone_dominates(&plc_frame[240..], 660.0, AUDIO_RATE),
+        "PLC should not know about 660 Hz"
+    );
 }
 
 #[test]

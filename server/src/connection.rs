@@ -112,7 +112,11 @@ where
                 biased;
                 _ = shared.shutdown.cancelled() => return End::Close(CloseCode::Away, "server shutting down"),
                 _ = kick.cancelled() => return End::Drop,
-                Some(msg) = outbox.recv() => match self.write_batch(msg, &mut outbox).await {
+                Some(msg) = outbox.recv() => match tokio::select! {
+                    // A kick (slow reader) must not wait for a write that is stuck.
+                    r = self.write_batch(msg, &mut outbox) => r,
+                    _ = kick.cancelled() => None,
+                } {
                     None => return End::Drop,
                     Some(true) => {
                         // The matchmaker closed this connection (a ban).

@@ -1,12 +1,13 @@
 //! The HTTP side of the one port: reads a request head, then upgrades `/ws` to a
-//! WebSocket or answers `/healthz`, `/metrics` and 404 itself.
+//! WebSocket or answers `/healthz`, `/metrics`, the web client's files ([`crate::web`])
+//! and 404 itself.
 //!
 //! Doing the upgrade by hand (instead of letting tungstenite read the request) means one
 //! parser sees every request, so health checks, metrics and the WebSocket share a port
 //! and a TLS setup without an HTTP framework.
 
 use crate::limits::Refusal;
-use crate::{connection, Shared};
+use crate::{connection, web, Shared};
 use peer_stream_shared::{ErrorCode, ServerMessage, WS_PATH};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -76,16 +77,10 @@ where
             let body = shared.metrics.render();
             respond(&mut stream, 200, "text/plain; version=0.0.4", &body).await
         }
-        ("GET" | "HEAD", "/") => {
-            respond(
-                &mut stream,
-                200,
-                "text/plain",
-                "Peer Stream signaling server. Connect a client to /ws.\n",
-            )
-            .await
+        (method @ ("GET" | "HEAD"), p) if web::asset(p).is_some() => {
+            serve_asset(&mut stream, &req, p, method == "HEAD").await
         }
-        (_, "/healthz" | "/metrics" | "/") => {
+        (_, p) if matches!(p, "/healthz" | "/metrics") || web::asset(p).is_some() => {
             respond(&mut stream, 405, "text/plain", "method not allowed\n").await
         }
         _ => respond(&mut stream, 404, "text/plain", "not found\n").await,
@@ -165,6 +160,32 @@ async fn respond<S: AsyncWrite + Unpin>(
     );
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
+    stream.flush().await?;
+    stream.shutdown().await
+}
+
+/// Serves one embedded file of the web client, with its content type and the
+/// Content-Security-Policy (this origin's files, WebSocket back to the same host).
+async fn serve_asset<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    req: &Request,
+    path: &str,
+    head_only: bool,
+) -> std::io::Result<()> {
+    let Some((content_type, body)) = web::asset(path) else {
+        return respond(stream, 404, "text/plain", "not found\n").await;
+    };
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Content-Security-Policy: {}\r\nX-Content-Type-Options: nosniff\r\n\
+         Referrer-Policy: no-referrer\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
+        body.len(),
+        web::content_security_policy(req.header("host")),
+    );
+    stream.write_all(head.as_bytes()).await?;
+    if !head_only {
+        stream.write_all(body).await?;
+    }
     stream.flush().await?;
     stream.shutdown().await
 }

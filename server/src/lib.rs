@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod moderation;
 pub mod shutdown;
 pub mod tls;
+pub mod web;
 
 pub use config::Config;
 

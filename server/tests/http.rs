@@ -1,4 +1,4 @@
-//! Plain HTTP on the WebSocket port: /healthz, /metrics (Prometheus text) and 404s.
+//! Plain HTTP on the WebSocket port: /healthz, /metrics (Prometheus text), the web client and 404s.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -33,12 +33,30 @@ async fn unknown_paths_are_404() {
     c.join(&[]).await;
 }
 
-/// PROTOCOL.md: "Anything else: 404" — that includes `/`.
+/// PROTOCOL.md: `/` serves the web client (HTML), its script and style sheet from the
+/// binary, each with its content type and a Content-Security-Policy.
 #[tokio::test]
-async fn root_path_is_404() {
+async fn root_path_serves_the_web_client() {
     let server = spawn_server(test_config()).await;
     let r = http_get(server.addr, "/").await;
-    assert_eq!(r.status, 404, "GET /: {r:?}");
+    assert_eq!(r.status, 200, "GET /: {r:?}");
+    let head = r.head.to_ascii_lowercase();
+    assert!(head.contains("content-type: text/html"), "{}", r.head);
+    assert!(head.contains("content-security-policy: "), "{}", r.head);
+    assert!(r.body.to_ascii_lowercase().starts_with("<!doctype html>"), "{}", r.body);
+    assert!(r.body.contains("/app.js") && r.body.contains("/style.css"), "{}", r.body);
+    for (path, content_type, needle) in [
+        ("/app.js", "text/javascript", "window.peerStream"),
+        ("/style.css", "text/css", "prefers-color-scheme: dark"),
+        ("/favicon.svg", "image/svg+xml", "<svg"),
+        ("/?autostart=1", "text/html", "<title>"),
+    ] {
+        let r = http_get(server.addr, path).await;
+        assert_eq!(r.status, 200, "GET {path}: {r:?}");
+        let content_type_line = format!("content-type: {content_type}");
+        assert!(r.head.to_ascii_lowercase().contains(&content_type_line), "GET {path}: {}", r.head);
+        assert!(r.body.contains(needle), "GET {path} lacks {needle}");
+    }
 }
 
 #[tokio::test]

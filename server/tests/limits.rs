@@ -164,11 +164,10 @@ async fn flood(b: &mut TestClient, match_id: &str, max: usize) -> Option<Value> 
                 v["type"], "partner_left",
                 "b got an unexpected message: {v}"
             );
-            return v;
+            return Some(v);
         }
     }
-    b.recv_until(Duration::from_secs(30), |v| v["type"] == "partner_left")
-        .await
+    None
 }
 
 /// With the default outbox (256) the socket itself fills up first: the server must still

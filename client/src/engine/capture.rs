@@ -6,7 +6,7 @@
 use super::stats::Counters;
 use crate::media::capture::{AudioSource, VideoSource};
 use crate::media::frame::VideoFrame;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use tokio::sync::{broadcast, watch};
@@ -16,7 +16,23 @@ use tokio::sync::{broadcast, watch};
 pub struct CaptureControls {
     pub mic_muted: AtomicBool,
     pub camera_off: AtomicBool,
+    /// RMS level of the last microphone frame, 0.0–1.0 (f32 bits), for the level meter.
+    mic_level: AtomicU32,
     stop: AtomicBool,
+}
+
+impl CaptureControls {
+    pub fn mic_level(&self) -> f32 {
+        f32::from_bits(self.mic_level.load(Ordering::Relaxed))
+    }
+}
+
+fn rms(pcm: &[i16]) -> f32 {
+    if pcm.is_empty() {
+        return 0.0;
+    }
+    let sum: f64 = pcm.iter().map(|s| f64::from(*s) * f64::from(*s)).sum();
+    ((sum / pcm.len() as f64).sqrt() / f64::from(i16::MAX)) as f32
 }
 
 pub struct CaptureHub {
@@ -85,6 +101,7 @@ impl CaptureHub {
                             if c.mic_muted.load(Ordering::Relaxed) {
                                 pcm.iter_mut().for_each(|s| *s = 0);
                             }
+                            c.mic_level.store(rms(&pcm).to_bits(), Ordering::Relaxed);
                             // No receiver (no call) is fine: the frame is simply not needed.
                             let _ = tx.send(Arc::new(pcm));
                         }

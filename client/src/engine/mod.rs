@@ -8,7 +8,7 @@ pub mod capture;
 pub mod stats;
 
 use crate::media::capture::{open_audio, open_video, AudioChoice, VideoChoice};
-use crate::media::frame::RgbaFrame;
+use crate::media::frame::{RgbaFrame, VideoFrame};
 use crate::media::mailbox::FrameMailbox;
 use crate::media::playback::{open_sink, SinkChoice};
 use crate::session::machine::{Notice, Phase};
@@ -72,6 +72,8 @@ pub enum Command {
     SetMicMuted(bool),
     SetCameraOff(bool),
     SetAutoRequeue(bool),
+    /// Playback gain, 0.0–2.0.
+    SetVolume(f32),
 }
 
 /// What happened, in order, for chat logs and bots.
@@ -108,6 +110,8 @@ pub struct Engine {
     state: Arc<Mutex<EngineState>>,
     pub counters: Arc<Counters>,
     pub remote_video: Arc<FrameMailbox<RgbaFrame>>,
+    local_video: tokio::sync::watch::Receiver<Option<Arc<VideoFrame>>>,
+    controls: Arc<capture::CaptureControls>,
     cancel: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -127,6 +131,8 @@ impl Engine {
         let audio = open_audio(&config.audio_in, config.tone_hz);
         let sink = open_sink(&config.audio_out);
         let hub = CaptureHub::start(video, audio, Arc::clone(&counters));
+        let local_video = hub.video.clone();
+        let controls = Arc::clone(&hub.controls);
         let state = Arc::new(Mutex::new(EngineState {
             phase: Phase::Offline,
             online: None,
@@ -164,9 +170,26 @@ impl Engine {
             state,
             counters,
             remote_video,
+            local_video,
+            controls,
             cancel,
             task: Some(task),
         }
+    }
+
+    /// The newest captured frame (own preview) as RGBA, if it is newer than `since`
+    /// (a capture sequence number). Converted on demand: only a visible preview pays.
+    pub fn local_frame(&self, since: Option<u64>) -> Option<(u64, RgbaFrame)> {
+        let frame = self.local_video.borrow().clone()?;
+        if since.is_some_and(|s| frame.seq <= s) {
+            return None;
+        }
+        Some((frame.seq, crate::media::convert::i420_to_rgba(&frame)))
+    }
+
+    /// Microphone level 0.0–1.0 for the level meter.
+    pub fn mic_level(&self) -> f32 {
+        self.controls.mic_level()
     }
 
     /// Queues a command; false if the queue is full or the engine stopped.

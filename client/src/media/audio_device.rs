@@ -62,7 +62,9 @@ pub fn pick(direction: Direction, choice: &DeviceChoice) -> Result<cpal::Device>
                 Direction::Input => Box::new(host.input_devices()?),
                 Direction::Output => Box::new(host.output_devices()?),
             };
-            devices.nth(*i).ok_or_else(|| anyhow!("no {direction:?} device #{i}"))
+            devices
+                .nth(*i)
+                .ok_or_else(|| anyhow!("no {direction:?} device #{i}"))
         }
     }
 }
@@ -70,7 +72,10 @@ pub fn pick(direction: Direction, choice: &DeviceChoice) -> Result<cpal::Device>
 /// Picks a stream format: 48 kHz mono if the device offers it, else 48 kHz with any
 /// channel count, else the device default (we then mix and resample ourselves).
 /// Integer or float samples are preferred over exotic formats.
-pub fn choose_config(device: &cpal::Device, direction: Direction) -> Result<(StreamConfig, SampleFormat)> {
+pub fn choose_config(
+    device: &cpal::Device,
+    direction: Direction,
+) -> Result<(StreamConfig, SampleFormat)> {
     const RATE: u32 = 48_000;
     let ranges: Vec<cpal::SupportedStreamConfigRange> = match direction {
         Direction::Input => device.supported_input_configs().map(|r| r.collect()),
@@ -78,11 +83,17 @@ pub fn choose_config(device: &cpal::Device, direction: Direction) -> Result<(Str
     }
     .unwrap_or_default();
     let usable = |f: SampleFormat| matches!(f, SampleFormat::I16 | SampleFormat::F32);
-    let has_rate = |r: &cpal::SupportedStreamConfigRange| r.min_sample_rate().0 <= RATE && RATE <= r.max_sample_rate().0;
+    let has_rate = |r: &cpal::SupportedStreamConfigRange| {
+        r.min_sample_rate().0 <= RATE && RATE <= r.max_sample_rate().0
+    };
     let best = ranges
         .iter()
         .find(|r| r.channels() == 1 && has_rate(r) && usable(r.sample_format()))
-        .or_else(|| ranges.iter().find(|r| has_rate(r) && usable(r.sample_format())))
+        .or_else(|| {
+            ranges
+                .iter()
+                .find(|r| has_rate(r) && usable(r.sample_format()))
+        })
         .or_else(|| ranges.iter().find(|r| has_rate(r)));
     let supported = match best {
         Some(r) => r.clone().with_sample_rate(SampleRate(RATE)),

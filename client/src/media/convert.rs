@@ -23,7 +23,11 @@ pub fn rgb_to_i420(rgb: &[u8], src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -
     let ys: Vec<usize> = (0..dh).map(|y| y * sh / dh).collect();
     let px = |x: usize, y: usize| {
         let i = (ys[y] * sw + xs[x]) * 3;
-        (i32::from(rgb[i]), i32::from(rgb[i + 1]), i32::from(rgb[i + 2]))
+        (
+            i32::from(rgb[i]),
+            i32::from(rgb[i + 1]),
+            i32::from(rgb[i + 2]),
+        )
     };
     let mut out = vec![0u8; dw * dh * 3 / 2];
     let (y_plane, uv) = out.split_at_mut(dw * dh);
@@ -140,7 +144,10 @@ mod tests {
         let p = &rgba.data[0..4];
         assert!(p[0] > 240 && p[1] < 15 && p[2] < 15, "{p:?}");
         let grey = &rgba.data[(6 * 4)..(6 * 4 + 4)];
-        assert!(grey.iter().take(3).all(|&c| (190..=210).contains(&c)), "{grey:?}");
+        assert!(
+            grey.iter().take(3).all(|&c| (190..=210).contains(&c)),
+            "{grey:?}"
+        );
     }
 
     #[test]

@@ -108,7 +108,12 @@ impl<T> JitterBuffer<T> {
     }
 
     fn target_frames(&self) -> u64 {
-        u64::from(self.cfg.target_delay_ms.div_ceil(self.cfg.frame_ms.max(1)).max(1))
+        u64::from(
+            self.cfg
+                .target_delay_ms
+                .div_ceil(self.cfg.frame_ms.max(1))
+                .max(1),
+        )
     }
 
     /// Maps a 16-bit RTP sequence number onto a 64-bit line, picking the unwrapped value
@@ -209,7 +214,8 @@ impl<T> JitterBuffer<T> {
             None => {
                 self.stats.missing += 1;
                 self.misses_in_a_row += 1;
-                if self.frames.is_empty() && self.misses_in_a_row >= self.cfg.rebuffer_after_misses {
+                if self.frames.is_empty() && self.misses_in_a_row >= self.cfg.rebuffer_after_misses
+                {
                     self.playing = false;
                     self.stats.rebuffers += 1;
                 }
@@ -234,7 +240,10 @@ impl<T> JitterBuffer<T> {
 
     /// Current buffering delay in milliseconds (stored span × frame duration).
     pub fn delay_ms(&self) -> u32 {
-        match (self.next.or(self.frames.first_key_value().map(|(k, _)| *k)), self.highest) {
+        match (
+            self.next.or(self.frames.first_key_value().map(|(k, _)| *k)),
+            self.highest,
+        ) {
             (Some(n), Some(h)) if h + 1 > n => {
                 u32::try_from((h + 1 - n) * u64::from(self.cfg.frame_ms)).unwrap_or(u32::MAX)
             }
@@ -279,11 +288,17 @@ mod tests {
         assert_eq!(jb.pull(), Pull::Missing { seq: 2 });
         assert!(!jb.push(2, 1920, 2), "frame 2 came after its turn");
         assert_eq!(jb.pop(), Some(3));
-        assert!(!jb.push(3, 2880, 3), "duplicate of a played frame is late too");
+        assert!(
+            !jb.push(3, 2880, 3),
+            "duplicate of a played frame is late too"
+        );
         jb.push(5, 0, 5);
         assert!(!jb.push(5, 0, 5), "duplicate");
         let st = jb.stats();
-        assert_eq!((st.late, st.duplicates, st.missing, st.played), (2, 1, 1, 3));
+        assert_eq!(
+            (st.late, st.duplicates, st.missing, st.played),
+            (2, 1, 1, 3)
+        );
     }
 
     #[test]
@@ -292,7 +307,10 @@ mod tests {
         for s in [65534u16, 0, 65535, 1] {
             jb.push(s, 0, s);
         }
-        assert_eq!(drain(&mut jb, 4), vec![Some(65534), Some(65535), Some(0), Some(1)]);
+        assert_eq!(
+            drain(&mut jb, 4),
+            vec![Some(65534), Some(65535), Some(0), Some(1)]
+        );
     }
 
     #[test]

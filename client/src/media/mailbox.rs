@@ -150,7 +150,10 @@ mod tests {
             std::thread::yield_now();
         }
         assert!(h.join().is_ok());
-        assert!(seen.windows(2).all(|w| w[0] < w[1]), "values only move forward");
+        assert!(
+            seen.windows(2).all(|w| w[0] < w[1]),
+            "values only move forward"
+        );
         assert_eq!(seen.len() as u64 + mb.overwritten(), 1000);
     }
 }

@@ -153,7 +153,14 @@ pub fn render_into(data: &mut [u8], seq: u64, capture_us: u64, w: u32, h: u32) {
         }
     }
     if let Some(layout) = StampLayout::for_size(w, h) {
-        draw_stamp(y_plane, u_plane, v_plane, w, layout, Stamp::new(seq, capture_us));
+        draw_stamp(
+            y_plane,
+            u_plane,
+            v_plane,
+            w,
+            layout,
+            Stamp::new(seq, capture_us),
+        );
     }
 }
 
@@ -203,9 +210,15 @@ impl Scene {
         // Spatial frequencies scale with the width so 720p looks like 480p.
         let k = 640.0 / w as f32;
         let t = (seq % 100_000) as f32;
-        let plasma_x = (0..w).map(|x| (x as f32 * k / 17.0 + t * 0.21).sin()).collect();
-        let plasma_y = (0..h).map(|y| (y as f32 * k / 13.0 - t * 0.13).sin()).collect();
-        let plasma_xy = (0..w + h).map(|d| (d as f32 * k / 23.0 + t * 0.17).sin()).collect();
+        let plasma_x = (0..w)
+            .map(|x| (x as f32 * k / 17.0 + t * 0.21).sin())
+            .collect();
+        let plasma_y = (0..h)
+            .map(|y| (y as f32 * k / 13.0 - t * 0.13).sin())
+            .collect();
+        let plasma_xy = (0..w + h)
+            .map(|d| (d as f32 * k / 23.0 + t * 0.17).sin())
+            .collect();
         Self {
             h,
             plasma_top,
@@ -228,7 +241,9 @@ impl Scene {
             return if inner { BOX_FILL } else { BOX_EDGE };
         }
         if y >= self.plasma_top {
-            let v = self.plasma_x[x as usize] + self.plasma_y[y as usize] + self.plasma_xy[(x + y) as usize];
+            let v = self.plasma_x[x as usize]
+                + self.plasma_y[y as usize]
+                + self.plasma_xy[(x + y) as usize];
             return (
                 (128.0 + v * 30.0) as u8,
                 (128.0 + v * 14.0) as u8,
@@ -288,7 +303,8 @@ pub fn read_stamp_rgba(rgba: &[u8], width: u32, height: u32) -> Option<Stamp> {
     read_stamp_with(width, height, |x, y| {
         let i = (y as usize * w + x as usize) * 4;
         // BT.601 luma weights; the stamp is grey so any weighting works.
-        let l = u32::from(rgba[i]) * 77 + u32::from(rgba[i + 1]) * 150 + u32::from(rgba[i + 2]) * 29;
+        let l =
+            u32::from(rgba[i]) * 77 + u32::from(rgba[i + 1]) * 150 + u32::from(rgba[i + 2]) * 29;
         l >> 8
     })
 }
@@ -299,7 +315,9 @@ pub fn read_stamp_i420(i420: &[u8], width: u32, height: u32) -> Option<Stamp> {
     if i420.len() < w * height as usize {
         return None;
     }
-    read_stamp_with(width, height, |x, y| u32::from(i420[y as usize * w + x as usize]))
+    read_stamp_with(width, height, |x, y| {
+        u32::from(i420[y as usize * w + x as usize])
+    })
 }
 
 fn read_stamp_with(width: u32, height: u32, luma: impl Fn(u32, u32) -> u32) -> Option<Stamp> {
@@ -334,7 +352,11 @@ fn crc8(data: &[u8]) -> u8 {
     for &byte in data {
         crc ^= byte;
         for _ in 0..8 {
-            crc = if crc & 0x80 != 0 { (crc << 1) ^ 0x07 } else { crc << 1 };
+            crc = if crc & 0x80 != 0 {
+                (crc << 1) ^ 0x07
+            } else {
+                crc << 1
+            };
         }
     }
     crc
@@ -347,7 +369,13 @@ mod tests {
 
     #[test]
     fn stamp_round_trips_in_i420_and_rgba() {
-        for &(w, h) in &[(640u32, 480u32), (1280, 720), (320, 240), (160, 120), (64, 48)] {
+        for &(w, h) in &[
+            (640u32, 480u32),
+            (1280, 720),
+            (320, 240),
+            (160, 120),
+            (64, 48),
+        ] {
             let f = render(123_456_789, 1_700_000_000_123_456, w, h);
             assert_eq!(f.data.len(), (w * h * 3 / 2) as usize);
             let want = Stamp {
@@ -356,7 +384,11 @@ mod tests {
             };
             assert_eq!(read_stamp_i420(&f.data, w, h), Some(want), "{w}x{h} i420");
             let rgba = i420_to_rgba(&f);
-            assert_eq!(read_stamp_rgba(&rgba.data, w, h), Some(want), "{w}x{h} rgba");
+            assert_eq!(
+                read_stamp_rgba(&rgba.data, w, h),
+                Some(want),
+                "{w}x{h} rgba"
+            );
         }
     }
 
@@ -367,7 +399,11 @@ mod tests {
         let grey = vec![128u8; 640 * 480 * 3 / 2];
         assert_eq!(read_stamp_i420(&grey, 640, 480), None);
         let black = vec![16u8; 640 * 480 * 3 / 2];
-        assert_eq!(read_stamp_i420(&black, 640, 480), None, "magic must reject all-zero");
+        assert_eq!(
+            read_stamp_i420(&black, 640, 480),
+            None,
+            "magic must reject all-zero"
+        );
     }
 
     #[test]

@@ -77,12 +77,17 @@ mod tests {
     fn converts_44100_to_48000_at_the_right_rate_without_clicks() {
         let mut r = LinearResampler::new(44_100, 48_000);
         let mut out = Vec::new();
-        let input: Vec<i16> = (0..44_100).map(|i| ((i as f64 * 0.05).sin() * 10_000.0) as i16).collect();
+        let input: Vec<i16> = (0..44_100)
+            .map(|i| ((i as f64 * 0.05).sin() * 10_000.0) as i16)
+            .collect();
         for chunk in input.chunks(441) {
             r.process(chunk, &mut out);
         }
         assert!((out.len() as i64 - 48_000).abs() <= 2, "{}", out.len());
-        let max_step = out.windows(2).map(|w| (i32::from(w[1]) - i32::from(w[0])).abs()).max();
+        let max_step = out
+            .windows(2)
+            .map(|w| (i32::from(w[1]) - i32::from(w[0])).abs())
+            .max();
         assert!(max_step.unwrap_or(0) < 600, "{max_step:?}");
     }
 

@@ -4,3 +4,12 @@
 pub mod keyframe;
 pub mod peer;
 pub mod signaling;
+
+/// This machine's address on the local network (the interface a default route would
+/// use), found without sending anything: connecting a UDP socket only picks a route.
+pub fn lan_ip() -> Option<std::net::IpAddr> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    sock.connect("192.0.2.1:9").ok()?;
+    let ip = sock.local_addr().ok()?.ip();
+    (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
+}

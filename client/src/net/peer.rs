@@ -602,17 +602,7 @@ async fn watch_keyframe_requests(track: Arc<TrackLocalStaticSample>, events: mps
 /// `0.0.0.0` would skip loopback, so list real addresses (and loopback as a fallback, so
 /// two apps on one machine without a network still connect).
 fn default_udp_addrs() -> Vec<String> {
-    let mut addrs = Vec::new();
-    if let Ok(sock) = std::net::UdpSocket::bind("0.0.0.0:0") {
-        // Connecting a UDP socket sends nothing; it only picks the outgoing interface.
-        if sock.connect("192.0.2.1:9").is_ok() {
-            if let Ok(local) = sock.local_addr() {
-                if !local.ip().is_unspecified() {
-                    addrs.push(format!("{}:0", local.ip()));
-                }
-            }
-        }
-    }
+    let mut addrs: Vec<String> = super::lan_ip().map(|ip| format!("{ip}:0")).into_iter().collect();
     addrs.push("127.0.0.1:0".to_owned());
     addrs
 }

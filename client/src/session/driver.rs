@@ -151,6 +151,13 @@ impl Driver {
                 session.set_auto_requeue(on);
                 return None;
             }
+            Command::SetVolume(gain) => {
+                self.sink
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .set_volume(gain);
+                return None;
+            }
         })
     }
 
@@ -170,6 +177,9 @@ impl Driver {
                 if let Some(old) = call.take() {
                     old.close().await;
                 }
+                // A frame of the previous partner may still sit in the mailbox: drop it
+                // so the new call never shows it.
+                self.remote_video.clear();
                 let settings = PeerSettings {
                     ice_servers,
                     udp_addrs: self.config.udp_addrs.clone(),
@@ -235,6 +245,7 @@ impl Driver {
                 if let Some(c) = call.take() {
                     c.close().await;
                 }
+                self.remote_video.clear();
                 self.update(|s| s.stranger_typing = false);
             }
             Output::Notify(notice) => {

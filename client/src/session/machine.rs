@@ -339,11 +339,14 @@ impl Session {
                     match_id: match_id.clone(),
                     role,
                 };
+                // Matched first: the UI starts a fresh transcript with it.
+                self.notify(Notice::Matched {
+                    common_interests: common_interests.clone(),
+                });
                 self.system("You're now chatting with a random stranger. Say hi!");
                 if !common_interests.is_empty() {
                     self.system(format!("You both like: {}", common_interests.join(", ")));
                 }
-                self.notify(Notice::Matched { common_interests });
                 self.out.push_back(Output::StartPeer {
                     match_id,
                     role,

@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 use crate::moderation::{Moderation, Report};
 use peer_stream_shared::{ErrorCode, MatchId, PartnerLeftReason, Role, ServerMessage, SessionId};
 use queue::{MatchQueue, Pair};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -23,6 +23,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
+
+/// How many matches back a user can report: the current (or last) one and the one before.
+const REPORTABLE_MATCHES: usize = 2;
 
 /// Frames queued for one connection's socket.
 pub type Outbox = mpsc::Sender<Message>;
@@ -98,8 +101,9 @@ struct Conn {
     kick: CancellationToken,
     state: State,
     interests: Vec<String>,
-    /// The current match once matched, kept after it ends so the partner can be reported.
-    last_match: Option<PastMatch>,
+    /// The current (or last) match and the one before it, newest first, so a partner
+    /// can still be reported after a skip that led straight into a new match.
+    recent_matches: VecDeque<PastMatch>,
 }
 
 struct Match {
@@ -189,7 +193,7 @@ impl Matchmaker {
                         kick,
                         state: State::Idle,
                         interests: Vec::new(),
-                        last_match: None,
+                        recent_matches: VecDeque::with_capacity(REPORTABLE_MATCHES),
                     },
                 );
                 self.metrics
@@ -328,7 +332,8 @@ impl Matchmaker {
         ] {
             if let Some(c) = self.conns.get_mut(me) {
                 c.state = State::InMatch(match_id.clone());
-                c.last_match = Some(PastMatch {
+                c.recent_matches.truncate(REPORTABLE_MATCHES - 1);
+                c.recent_matches.push_front(PastMatch {
                     match_id: match_id.clone(),
                     partner: other.clone(),
                     partner_ip: other_ip,
@@ -402,11 +407,11 @@ impl Matchmaker {
         let Some(conn) = self.conns.get(&session) else {
             return;
         };
-        let Some(past) = conn.last_match.as_ref().filter(|p| p.match_id == match_id) else {
+        let Some(past) = conn.recent_matches.iter().find(|p| p.match_id == match_id) else {
             self.send_error(
                 &session,
                 ErrorCode::NotInMatch,
-                "you can report only your current or your last partner",
+                "you can report only your current or previous partner",
             );
             return;
         };

@@ -13,7 +13,10 @@ use crate::media::device::DeviceInfo;
 use crate::media::frame::VideoFrame;
 use anyhow::{anyhow, bail, Context, Result};
 use nokhwa::pixel_format::RgbFormat;
-use nokhwa::utils::{CameraFormat, CameraIndex, CameraInfo, FrameFormat, RequestedFormat, RequestedFormatType, Resolution};
+use nokhwa::utils::{
+    CameraFormat, CameraIndex, CameraInfo, FrameFormat, RequestedFormat, RequestedFormatType,
+    Resolution,
+};
 use nokhwa::Camera;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TrySendError};
@@ -79,7 +82,9 @@ impl CameraSource {
             bail!("camera size must be at least 2x2");
         }
         let cams = query_native();
-        let info = cams.get(index).ok_or_else(|| anyhow!("no camera #{index} ({} found)", cams.len()))?;
+        let info = cams
+            .get(index)
+            .ok_or_else(|| anyhow!("no camera #{index} ({} found)", cams.len()))?;
         // The backend's own index for this camera (V4L device numbers may have gaps).
         let cam_index = info.index().clone();
         let name = info.human_name();
@@ -130,7 +135,9 @@ impl VideoSource for CameraSource {
         // The camera paces delivery; this blocks until its next frame.
         match self.rx.recv_timeout(Duration::from_secs(2)) {
             Ok(frame) => frame,
-            Err(RecvTimeoutError::Timeout) => bail!("camera {} delivered no frame for 2 s", self.name),
+            Err(RecvTimeoutError::Timeout) => {
+                bail!("camera {} delivered no frame for 2 s", self.name)
+            }
             Err(RecvTimeoutError::Disconnected) => bail!("camera {} stopped", self.name),
         }
     }

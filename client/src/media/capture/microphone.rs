@@ -58,11 +58,15 @@ impl MicrophoneSource {
                 SampleFormat::F64 => build::<f64>(&device, &config, tx, dropped_cb)?,
                 other => bail!("unsupported microphone sample format {other:?}"),
             };
-            stream.play().map_err(|e| anyhow!("starting microphone: {e}"))?;
+            stream
+                .play()
+                .map_err(|e| anyhow!("starting microphone: {e}"))?;
             let _ = name_tx.send(name);
             Ok(stream)
         })?;
-        let name = name_rx.recv_timeout(Duration::from_millis(100)).unwrap_or_else(|_| "microphone".to_string());
+        let name = name_rx
+            .recv_timeout(Duration::from_millis(100))
+            .unwrap_or_else(|_| "microphone".to_string());
         let first = rx
             .recv_timeout(Duration::from_millis(1500))
             .map_err(|_| anyhow!("microphone {name} opened but delivered no audio"))?;
@@ -81,7 +85,12 @@ impl MicrophoneSource {
     }
 }
 
-fn build<T>(device: &cpal::Device, config: &cpal::StreamConfig, tx: SyncSender<Vec<i16>>, dropped: Arc<AtomicU64>) -> Result<cpal::Stream>
+fn build<T>(
+    device: &cpal::Device,
+    config: &cpal::StreamConfig,
+    tx: SyncSender<Vec<i16>>,
+    dropped: Arc<AtomicU64>,
+) -> Result<cpal::Stream>
 where
     T: SizedSample + Send + 'static,
     i16: FromSample<T>,
@@ -95,7 +104,10 @@ where
             config,
             move |data: &[T], _| {
                 interleaved.clear();
-                interleaved.extend(data.iter().map(|&s| <i16 as FromSample<T>>::from_sample_(s)));
+                interleaved.extend(
+                    data.iter()
+                        .map(|&s| <i16 as FromSample<T>>::from_sample_(s)),
+                );
                 mono.clear();
                 downmix_to_mono(&interleaved, channels, &mut mono);
                 let mut out = Vec::with_capacity(mono.len() * 2);
@@ -115,11 +127,18 @@ impl AudioSource for MicrophoneSource {
         while self.pending.len() < AUDIO_FRAME_SAMPLES {
             match self.rx.recv_timeout(Duration::from_secs(1)) {
                 Ok(chunk) => self.pending.extend(chunk),
-                Err(RecvTimeoutError::Timeout) => bail!("microphone {} delivered no audio for 1 s", self.name),
-                Err(RecvTimeoutError::Disconnected) => bail!("microphone {} stream ended", self.name),
+                Err(RecvTimeoutError::Timeout) => {
+                    bail!("microphone {} delivered no audio for 1 s", self.name)
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    bail!("microphone {} stream ended", self.name)
+                }
             }
         }
-        let excess = self.pending.len().saturating_sub(MAX_BACKLOG_FRAMES * AUDIO_FRAME_SAMPLES);
+        let excess = self
+            .pending
+            .len()
+            .saturating_sub(MAX_BACKLOG_FRAMES * AUDIO_FRAME_SAMPLES);
         self.pending.drain(..excess);
         Ok(self.pending.drain(..AUDIO_FRAME_SAMPLES).collect())
     }

@@ -37,7 +37,9 @@ pub trait AudioSource: Send {
 /// pattern if asked for, or if the camera is missing or fails.
 pub fn open_video(choice: &VideoChoice, width: u32, height: u32, fps: u32) -> Box<dyn VideoSource> {
     let index = match choice {
-        DeviceChoice::Synthetic => return Box::new(synthetic::SyntheticVideo::new(width, height, fps)),
+        DeviceChoice::Synthetic => {
+            return Box::new(synthetic::SyntheticVideo::new(width, height, fps))
+        }
         DeviceChoice::Default => 0,
         DeviceChoice::Device(i) => *i,
     };

@@ -43,14 +43,20 @@ impl Pacer {
         if !self.enabled {
             return;
         }
-        let offset = Duration::from_nanos(u64::try_from(self.period.as_nanos().saturating_mul(u128::from(self.n))).unwrap_or(u64::MAX));
+        let offset = Duration::from_nanos(
+            u64::try_from(self.period.as_nanos().saturating_mul(u128::from(self.n)))
+                .unwrap_or(u64::MAX),
+        );
         let due = self.start + offset;
         let now = Instant::now();
         if due > now {
             std::thread::sleep(due - now);
         } else if now - due > self.period * self.max_lag {
             // Stalled for long (suspend, debugger): restart rather than burst.
-            tracing::debug!(behind_ms = (now - due).as_millis() as u64, "pacer restarting its timeline");
+            tracing::debug!(
+                behind_ms = (now - due).as_millis() as u64,
+                "pacer restarting its timeline"
+            );
             self.start = now;
             self.n = 0;
         }

@@ -77,8 +77,16 @@ impl H264Encoder {
 
     /// An encoder with explicit settings.
     pub fn with_settings(settings: H264Settings) -> Result<Self> {
-        if settings.width == 0 || settings.height == 0 || settings.width % 2 != 0 || settings.height % 2 != 0 {
-            bail!("H.264 needs a non-zero even size, got {}x{}", settings.width, settings.height);
+        if settings.width == 0
+            || settings.height == 0
+            || settings.width % 2 != 0
+            || settings.height % 2 != 0
+        {
+            bail!(
+                "H.264 needs a non-zero even size, got {}x{}",
+                settings.width,
+                settings.height
+            );
         }
         Ok(Self {
             settings,
@@ -125,7 +133,12 @@ impl H264Encoder {
     pub fn encode(&mut self, frame: &VideoFrame) -> Result<Option<EncodedVideo>> {
         let (w, h) = (frame.width as usize, frame.height as usize);
         if frame.data.len() < w * h * 3 / 2 || w == 0 || h == 0 || w % 2 != 0 || h % 2 != 0 {
-            bail!("bad I420 frame: {}x{} with {} bytes", frame.width, frame.height, frame.data.len());
+            bail!(
+                "bad I420 frame: {}x{} with {} bytes",
+                frame.width,
+                frame.height,
+                frame.data.len()
+            );
         }
         if (frame.width, frame.height) != (self.settings.width, self.settings.height) {
             let settings = H264Settings {
@@ -201,7 +214,8 @@ fn make_encoder(s: &H264Settings) -> Result<Encoder> {
         .background_detection(false)
         .intra_frame_period(IntraFramePeriod::from_num_frames(s.intra_period))
         .num_threads(1);
-    Encoder::with_api_config(OpenH264API::from_source(), config).map_err(|e| anyhow!("openh264 encoder init failed: {e}"))
+    Encoder::with_api_config(OpenH264API::from_source(), config)
+        .map_err(|e| anyhow!("openh264 encoder init failed: {e}"))
 }
 
 /// Types of the NAL units in an Annex-B buffer, in order.
@@ -302,7 +316,11 @@ impl H264Decoder {
         })
     }
 
-    fn decode_with<R>(&mut self, annex_b: &[u8], convert: impl FnOnce(&openh264::decoder::DecodedYUV<'_>) -> R) -> Result<Option<R>> {
+    fn decode_with<R>(
+        &mut self,
+        annex_b: &[u8],
+        convert: impl FnOnce(&openh264::decoder::DecodedYUV<'_>) -> R,
+    ) -> Result<Option<R>> {
         match self.dec.decode(annex_b) {
             Ok(Some(yuv)) => {
                 self.frames += 1;
@@ -328,9 +346,14 @@ mod tests {
 
     #[test]
     fn nal_splitting_handles_3_and_4_byte_start_codes() {
-        let buf = [0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 4, 5];
+        let buf = [
+            0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 4, 5,
+        ];
         let units: Vec<&[u8]> = nal_units(&buf).collect();
-        assert_eq!(units, vec![&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65, 4, 5][..]]);
+        assert_eq!(
+            units,
+            vec![&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65, 4, 5][..]]
+        );
         assert_eq!(nal_types(&buf).collect::<Vec<_>>(), vec![7, 8, 5]);
         assert_eq!(nal_units(&[1, 2, 3]).count(), 0);
     }

@@ -29,12 +29,16 @@ impl OpusEncoder {
     }
 
     pub fn with_bitrate(bitrate_bps: i32) -> Result<Self> {
-        let mut enc = opus::Encoder::new(AUDIO_RATE, Channels::Mono, Application::Voip).map_err(|e| anyhow!("opus encoder: {e}"))?;
+        let mut enc = opus::Encoder::new(AUDIO_RATE, Channels::Mono, Application::Voip)
+            .map_err(|e| anyhow!("opus encoder: {e}"))?;
         enc.set_bitrate(Bitrate::Bits(bitrate_bps))
             .map_err(|e| anyhow!("opus bitrate: {e}"))?;
-        enc.set_inband_fec(true).map_err(|e| anyhow!("opus fec: {e}"))?;
-        enc.set_packet_loss_perc(5).map_err(|e| anyhow!("opus loss: {e}"))?;
-        enc.set_signal(Signal::Voice).map_err(|e| anyhow!("opus signal: {e}"))?;
+        enc.set_inband_fec(true)
+            .map_err(|e| anyhow!("opus fec: {e}"))?;
+        enc.set_packet_loss_perc(5)
+            .map_err(|e| anyhow!("opus loss: {e}"))?;
+        enc.set_signal(Signal::Voice)
+            .map_err(|e| anyhow!("opus signal: {e}"))?;
         Ok(Self { enc })
     }
 
@@ -54,7 +58,10 @@ impl OpusEncoder {
     /// Encodes exactly 960 samples (20 ms) into one packet.
     pub fn encode(&mut self, pcm: &[i16]) -> Result<Vec<u8>> {
         if pcm.len() != AUDIO_FRAME_SAMPLES {
-            bail!("opus frames are {AUDIO_FRAME_SAMPLES} samples, got {}", pcm.len());
+            bail!(
+                "opus frames are {AUDIO_FRAME_SAMPLES} samples, got {}",
+                pcm.len()
+            );
         }
         self.enc
             .encode_vec(pcm, MAX_PACKET)
@@ -69,7 +76,8 @@ pub struct OpusDecoder {
 
 impl OpusDecoder {
     pub fn new() -> Result<Self> {
-        let dec = opus::Decoder::new(AUDIO_RATE, Channels::Mono).map_err(|e| anyhow!("opus decoder: {e}"))?;
+        let dec = opus::Decoder::new(AUDIO_RATE, Channels::Mono)
+            .map_err(|e| anyhow!("opus decoder: {e}"))?;
         Ok(Self { dec })
     }
 

@@ -68,7 +68,9 @@ impl SpeakerSink {
                 SampleFormat::F64 => build::<f64>(&device, &config, cb_shared)?,
                 other => bail!("unsupported speaker sample format {other:?}"),
             };
-            stream.play().map_err(|e| anyhow!("starting speaker: {e}"))?;
+            stream
+                .play()
+                .map_err(|e| anyhow!("starting speaker: {e}"))?;
             let _ = info_tx.send((name, config.sample_rate.0));
             Ok(stream)
         })?;
@@ -96,7 +98,11 @@ impl SpeakerSink {
     }
 }
 
-fn build<T>(device: &cpal::Device, config: &cpal::StreamConfig, shared: Arc<Shared>) -> Result<cpal::Stream>
+fn build<T>(
+    device: &cpal::Device,
+    config: &cpal::StreamConfig,
+    shared: Arc<Shared>,
+) -> Result<cpal::Stream>
 where
     T: SizedSample + FromSample<i16> + Send + 'static,
 {
@@ -137,7 +143,9 @@ impl AudioSink for SpeakerSink {
         let excess = ring.len().saturating_sub(self.capacity);
         if excess > 0 {
             ring.drain(..excess);
-            self.shared.overflow_samples.fetch_add(excess as u64, Ordering::Relaxed);
+            self.shared
+                .overflow_samples
+                .fetch_add(excess as u64, Ordering::Relaxed);
         }
     }
 
@@ -150,7 +158,9 @@ impl AudioSink for SpeakerSink {
     }
 
     fn set_volume(&mut self, gain: f32) {
-        self.shared.gain_bits.store(clamp_gain(gain).to_bits(), Ordering::Relaxed);
+        self.shared
+            .gain_bits
+            .store(clamp_gain(gain).to_bits(), Ordering::Relaxed);
     }
 
     fn queued_ms(&self) -> u32 {

@@ -1,0 +1,1011 @@
+// Peer Stream web client: protocol v1 (see PROTOCOL.md) over one WebSocket at /ws,
+// WebRTC with H.264 (constrained baseline, packetization-mode 1) + Opus, trickle ICE.
+// Plain JavaScript, no build step, no dependencies: standard browser APIs only.
+//
+// Automation (tests, demos): ?autostart=1&interests=a,b&say=hello&echo=1
+//   autostart  start searching as soon as the camera question is settled
+//   interests  prefill the interests field
+//   say        greet every stranger with this line
+//   echo       answer every stranger line with "echo: <line>" (never echoing an echo)
+// A read-only view of the state is at window.peerStream (state, matchId, role, chat,
+// system, stats()).
+'use strict';
+
+(() => {
+  const PROTOCOL_VERSION = 1;
+  const CLIENT_NAME = 'peer-stream-web/0.1.0';
+  const ECHO_PREFIX = 'echo: ';
+  const MAX_CHAT_CHARS = 2000;
+  const MAX_REASON_CHARS = 500;
+  const MAX_INTERESTS = 10;
+  const MAX_INTEREST_CHARS = 32;
+  const NEXT_CONFIRM_MS = 3000;
+  const TYPING_IDLE_MS = 3000;
+  const STRANGER_TYPING_MAX_MS = 15000;
+  const RETRY_MAX_MS = 15000;
+
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    body: document.body,
+    online: $('online'),
+    banner: $('banner'),
+    bannerText: $('banner-text'),
+    bannerRetry: $('banner-retry'),
+    remoteVideo: $('remote-video'),
+    spinner: $('spinner'),
+    remoteStatus: $('remote-status'),
+    unmute: $('unmute'),
+    localVideo: $('local-video'),
+    localOff: $('local-off'),
+    home: $('home'),
+    interests: $('interests'),
+    mediaNote: $('media-note'),
+    mediaNoteText: $('media-note-text'),
+    mediaRetry: $('media-retry'),
+    start: $('start'),
+    chat: $('chat'),
+    log: $('log'),
+    typing: $('typing'),
+    compose: $('compose'),
+    message: $('message'),
+    send: $('send'),
+    controls: $('controls'),
+    next: $('next'),
+    nextLabel: $('next-label'),
+    stop: $('stop'),
+    report: $('report'),
+    reportDialog: $('report-dialog'),
+    reportForm: $('report-form'),
+    reportDetails: $('report-details'),
+    reportCancel: $('report-cancel'),
+  };
+
+  const params = new URLSearchParams(location.search);
+  const auto = {
+    start: params.get('autostart') === '1',
+    interests: params.get('interests') || '',
+    say: params.get('say') || '',
+    echo: params.get('echo') === '1',
+  };
+
+  const s = {
+    // idle: home screen · searching: in the queue · chatting: matched · ended: the
+    // stranger left (New stranger / Stop)
+    phase: 'idle',
+    ws: null,
+    welcomed: false,
+    sessionId: null,
+    online: null,
+    waiting: null,
+    queued: false,
+    wantSearch: false,
+    interests: [],
+    matchId: null,
+    lastMatchId: null,
+    role: null,
+    commonInterests: [],
+    iceServers: [],
+    pc: null,
+    remoteStream: null,
+    pendingCandidates: [],
+    signalChain: Promise.resolve(),
+    localStream: null,
+    mediaProblem: null,
+    mediaReady: Promise.resolve(null),
+    chat: [],
+    system: [],
+    nextArmedUntil: 0,
+    nextTimer: null,
+    typingSent: false,
+    typingTimer: null,
+    strangerTypingTimer: null,
+    retryTimer: null,
+    retryDelay: 1000,
+    fatal: null,
+    noticeTimer: null,
+  };
+
+  // ---------------------------------------------------------------- server link
+
+  function serverUrl() {
+    const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+    return `${scheme}://${location.host}/ws`;
+  }
+
+  function connect() {
+    clearTimeout(s.retryTimer);
+    s.retryTimer = null;
+    if (s.fatal === 'banned') return;
+    if (s.ws && (s.ws.readyState === WebSocket.CONNECTING || s.ws.readyState === WebSocket.OPEN)) {
+      return;
+    }
+    let ws;
+    try {
+      ws = new WebSocket(serverUrl());
+    } catch (e) {
+      showBanner(`Can't open a connection to the server (${e.message}).`, { retry: true });
+      return;
+    }
+    s.ws = ws;
+    s.welcomed = false;
+    render();
+    ws.onopen = () => {
+      if (ws !== s.ws) return;
+      send({ type: 'hello', version: PROTOCOL_VERSION, client: CLIENT_NAME });
+    };
+    ws.onmessage = (ev) => {
+      if (ws !== s.ws || typeof ev.data !== 'string') return;
+      let msg;
+      try {
+        msg = JSON.parse(ev.data);
+      } catch {
+        console.warn('peer-stream: unreadable frame from the server');
+        return;
+      }
+      if (msg && typeof msg === 'object' && typeof msg.type === 'string') onServer(msg);
+    };
+    ws.onclose = (ev) => {
+      if (ws !== s.ws) return;
+      s.ws = null;
+      onSocketClosed(ev);
+    };
+  }
+
+  function send(msg) {
+    if (!s.ws || s.ws.readyState !== WebSocket.OPEN) return false;
+    s.ws.send(JSON.stringify(msg));
+    return true;
+  }
+
+  function sendSignal(payload) {
+    if (s.matchId) send({ type: 'signal', match_id: s.matchId, payload });
+  }
+
+  function onSocketClosed(ev) {
+    const wasWelcomed = s.welcomed;
+    s.welcomed = false;
+    s.queued = false;
+    if (s.phase === 'chatting') {
+      endCall();
+      system('Lost the connection to the server.');
+      setPhase('ended');
+    }
+    render();
+    if (s.fatal) return; // banned or wrong version: the banner says what to do
+    let text;
+    if (ev.code === 1001) {
+      text = 'The server is restarting. Reconnecting…';
+    } else if (ev.code === 1008) {
+      text = `The server closed the connection${ev.reason ? ` (${ev.reason})` : ''}. Retrying…`;
+    } else if (wasWelcomed) {
+      text = 'Lost the connection to the server. Reconnecting…';
+    } else {
+      text = "Can't reach the Peer Stream server. Check your connection; retrying…";
+    }
+    showBanner(text, { retry: true });
+    s.retryTimer = setTimeout(connect, s.retryDelay);
+    s.retryDelay = Math.min(s.retryDelay * 2, RETRY_MAX_MS);
+  }
+
+  function onServer(msg) {
+    switch (msg.type) {
+      case 'welcome':
+        s.welcomed = true;
+        s.sessionId = msg.session_id;
+        s.online = typeof msg.online === 'number' ? msg.online : null;
+        s.retryDelay = 1000;
+        if (!s.fatal) hideBanner();
+        if (s.wantSearch && s.phase === 'searching') sendJoin();
+        render();
+        break;
+      case 'queued':
+        s.waiting = typeof msg.waiting === 'number' ? msg.waiting : null;
+        if (s.wantSearch && s.phase === 'searching') s.queued = true;
+        render();
+        break;
+      case 'matched':
+        onMatched(msg);
+        break;
+      case 'signal':
+        if (msg.match_id === s.matchId && s.pc) queueSignal(s.pc, msg.payload);
+        break;
+      case 'chat':
+        if (msg.match_id === s.matchId && typeof msg.text === 'string') onStrangerChat(msg.text);
+        break;
+      case 'typing':
+        if (msg.match_id === s.matchId) showStrangerTyping(msg.active === true);
+        break;
+      case 'partner_left':
+        if (msg.match_id === s.matchId) onPartnerLeft(msg.reason);
+        break;
+      case 'error':
+        onServerError(String(msg.code || ''), String(msg.message || ''));
+        break;
+      default:
+        break; // unknown messages are ignored (PROTOCOL.md)
+    }
+  }
+
+  function onServerError(code, message) {
+    switch (code) {
+      case 'banned':
+        s.fatal = 'banned';
+        s.wantSearch = false;
+        if (s.phase === 'chatting') endCall();
+        setPhase('idle');
+        showBanner(
+          'You have been banned from this server because several people reported you. ' +
+            'Bans are temporary; try again later.',
+          { retry: false },
+        );
+        break;
+      case 'version_unsupported':
+        s.fatal = 'version';
+        s.wantSearch = false;
+        setPhase('idle');
+        showBanner(
+          'This page is out of date for the server it talks to. Reload the page to get the current version.',
+          { retry: true, reload: true },
+        );
+        break;
+      case 'rate_limited':
+        showNotice('You are going a little fast. Wait a moment and try again.');
+        break;
+      case 'too_large':
+        showNotice('That was too long to send.');
+        break;
+      case 'not_in_match':
+        break; // a message crossed the end of a match: harmless
+      default:
+        console.warn(`peer-stream: the server refused a message (${code}): ${message}`);
+        if (code !== 'invalid') showNotice(`The server refused that: ${message || code}`);
+        break;
+    }
+  }
+
+  // ---------------------------------------------------------------- the flow
+
+  function parseInterests(text) {
+    const seen = new Set();
+    const out = [];
+    for (const part of text.split(',')) {
+      const item = Array.from(part.trim().toLowerCase()).slice(0, MAX_INTEREST_CHARS).join('').trim();
+      if (item && !seen.has(item) && out.length < MAX_INTERESTS) {
+        seen.add(item);
+        out.push(item);
+      }
+    }
+    return out;
+  }
+
+  function startSearching() {
+    if (s.fatal) return;
+    s.interests = parseInterests(el.interests.value);
+    s.wantSearch = true;
+    s.queued = false;
+    clearLog();
+    setPhase('searching');
+    if (s.welcomed) sendJoin();
+    else connect();
+  }
+
+  function sendJoin() {
+    send({ type: 'join', interests: s.interests });
+  }
+
+  function onMatched(msg) {
+    if (s.phase === 'chatting') endCall();
+    s.matchId = String(msg.match_id);
+    s.role = msg.role === 'offerer' ? 'offerer' : 'answerer';
+    s.iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
+    s.commonInterests = Array.isArray(msg.common_interests) ? msg.common_interests.map(String) : [];
+    s.queued = false;
+    clearLog();
+    setPhase('chatting');
+    system("You're now chatting with a random stranger. Say hi!");
+    if (s.commonInterests.length) system(`You both like: ${s.commonInterests.join(', ')}.`);
+    if (!localTrack('video')) system("Your camera is off: the stranger can't see you.");
+    try {
+      startCall();
+    } catch (e) {
+      console.error('peer-stream: cannot start the call', e);
+      system("Video could not start in this browser. You can still chat by text.");
+    }
+    if (auto.say) sendChat(auto.say);
+    if (!auto.start && window.matchMedia('(pointer: fine)').matches) el.message.focus();
+  }
+
+  function onPartnerLeft(reason) {
+    endCall();
+    setPhase('ended');
+    system(
+      reason === 'skipped'
+        ? 'Stranger skipped to someone new.'
+        : 'Stranger has disconnected.',
+    );
+  }
+
+  /// Next: skip at once (after the confirming second press, see pressNext).
+  function skip() {
+    if (s.phase !== 'chatting') return;
+    send({ type: 'next' });
+    endCall();
+    s.queued = false;
+    clearLog();
+    setPhase('searching');
+  }
+
+  function pressNext() {
+    if (s.fatal) return;
+    if (s.phase === 'chatting') {
+      if (Date.now() < s.nextArmedUntil) {
+        disarmNext();
+        skip();
+      } else {
+        s.nextArmedUntil = Date.now() + NEXT_CONFIRM_MS;
+        clearTimeout(s.nextTimer);
+        s.nextTimer = setTimeout(() => {
+          disarmNext();
+          render();
+        }, NEXT_CONFIRM_MS);
+        render();
+      }
+    } else if (s.phase === 'ended' || s.phase === 'idle') {
+      startSearching();
+    }
+  }
+
+  function disarmNext() {
+    s.nextArmedUntil = 0;
+    clearTimeout(s.nextTimer);
+    s.nextTimer = null;
+  }
+
+  function stop() {
+    if (s.phase === 'chatting') {
+      send({ type: 'leave' });
+      endCall();
+      system('You have disconnected.');
+    } else if (s.phase === 'searching') {
+      send({ type: 'leave' });
+    }
+    s.wantSearch = false;
+    s.queued = false;
+    setPhase('idle');
+  }
+
+  function report(reason) {
+    const matchId = s.matchId || s.lastMatchId;
+    if (!matchId) return;
+    send({ type: 'report', match_id: matchId, reason: Array.from(reason).slice(0, MAX_REASON_CHARS).join('') });
+    if (s.phase === 'chatting') skip();
+    else startSearching();
+    showNotice('Thanks. The stranger was reported, and you are looking for someone new.', 'info');
+  }
+
+  // ---------------------------------------------------------------- chat
+
+  function clampChars(text, max) {
+    const chars = Array.from(text);
+    return chars.length > max ? chars.slice(0, max).join('') : text;
+  }
+
+  function sendChat(raw) {
+    const text = clampChars(raw.trim(), MAX_CHAT_CHARS);
+    if (!text || s.phase !== 'chatting' || !s.matchId) return false;
+    if (!send({ type: 'chat', match_id: s.matchId, text })) return false;
+    addChatLine('me', text);
+    setTyping(false);
+    return true;
+  }
+
+  function onStrangerChat(text) {
+    showStrangerTyping(false);
+    addChatLine('stranger', text);
+    if (auto.echo && !text.startsWith(ECHO_PREFIX)) sendChat(ECHO_PREFIX + text);
+  }
+
+  function setTyping(on) {
+    if (!on) {
+      clearTimeout(s.typingTimer);
+      s.typingTimer = null;
+    }
+    if (on === s.typingSent) return;
+    s.typingSent = on;
+    if (s.matchId && s.phase === 'chatting') send({ type: 'typing', match_id: s.matchId, active: on });
+  }
+
+  function onComposeInput() {
+    autosize();
+    if (s.phase !== 'chatting') return;
+    if (el.message.value.trim()) {
+      setTyping(true);
+      clearTimeout(s.typingTimer);
+      s.typingTimer = setTimeout(() => setTyping(false), TYPING_IDLE_MS);
+    } else {
+      setTyping(false);
+    }
+  }
+
+  function showStrangerTyping(on) {
+    clearTimeout(s.strangerTypingTimer);
+    el.typing.hidden = !on;
+    if (on) s.strangerTypingTimer = setTimeout(() => (el.typing.hidden = true), STRANGER_TYPING_MAX_MS);
+  }
+
+  function addChatLine(who, text) {
+    s.chat.push(`${who}: ${text}`);
+    const li = document.createElement('li');
+    li.className = who;
+    const label = document.createElement('span');
+    label.className = 'who';
+    label.textContent = who === 'me' ? 'You:' : 'Stranger:';
+    li.append(label, document.createTextNode(text));
+    appendLog(li);
+  }
+
+  function system(text) {
+    s.system.push(text);
+    const li = document.createElement('li');
+    li.className = 'system';
+    li.textContent = text;
+    appendLog(li);
+  }
+
+  function appendLog(li) {
+    const log = el.log;
+    const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+    log.append(li);
+    if (atBottom) log.scrollTop = log.scrollHeight;
+  }
+
+  function clearLog() {
+    el.log.replaceChildren();
+    showStrangerTyping(false);
+  }
+
+  function autosize() {
+    el.message.style.height = 'auto';
+    el.message.style.height = `${Math.min(el.message.scrollHeight + 2, 128)}px`;
+  }
+
+  // ---------------------------------------------------------------- camera and mic
+
+  async function acquireMedia() {
+    if (!window.isSecureContext || !navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      setMediaProblem(
+        'insecure',
+        'The camera only works on a secure page (https:// or localhost). ' +
+          'You can still chat by text and see and hear the stranger.',
+      );
+      return null;
+    }
+    const video = { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 30 } };
+    const audio = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
+    const gum = (c) => navigator.mediaDevices.getUserMedia(c);
+    try {
+      const stream = await gum({ video, audio });
+      setMediaProblem(null, '');
+      return stream;
+    } catch (e) {
+      if (e.name === 'NotAllowedError' || e.name === 'SecurityError') {
+        setMediaProblem(
+          'denied',
+          'Camera and microphone are blocked. You can still chat by text and see and hear ' +
+            'the stranger. To be seen, allow them in the address bar and press Try again.',
+        );
+        return null;
+      }
+      // One of the two is missing or busy: take whichever works.
+      try {
+        const stream = await gum({ video });
+        setMediaProblem('no-microphone', 'No microphone found: the stranger will see you but not hear you.');
+        return stream;
+      } catch {
+        /* fall through */
+      }
+      try {
+        const stream = await gum({ audio });
+        setMediaProblem('no-camera', 'No camera found: the stranger will hear you but not see you.');
+        return stream;
+      } catch {
+        /* fall through */
+      }
+      setMediaProblem(
+        e.name === 'NotReadableError' ? 'busy' : 'missing',
+        e.name === 'NotReadableError'
+          ? 'Your camera or microphone is in use by another app. You can still chat by text ' +
+              'and see and hear the stranger.'
+          : 'No camera or microphone found. You can still chat by text and see and hear the stranger.',
+      );
+      return null;
+    }
+  }
+
+  function setMediaProblem(code, text) {
+    s.mediaProblem = code;
+    el.mediaNote.hidden = !code;
+    el.mediaNoteText.textContent = text;
+  }
+
+  function setLocalStream(stream) {
+    if (s.localStream && s.localStream !== stream) s.localStream.getTracks().forEach((t) => t.stop());
+    s.localStream = stream;
+    el.localVideo.srcObject = stream;
+    el.localOff.hidden = !!localTrack('video');
+    if (stream) el.localVideo.play().catch(() => {});
+  }
+
+  function localTrack(kind) {
+    if (!s.localStream) return null;
+    return s.localStream.getTracks().find((t) => t.kind === kind && t.readyState === 'live') || null;
+  }
+
+  function retryMedia() {
+    s.mediaReady = acquireMedia().then((stream) => {
+      if (stream) setLocalStream(stream);
+      return stream;
+    });
+  }
+
+  // ---------------------------------------------------------------- WebRTC
+
+  /// Orders the browser's codecs so H.264 constrained baseline with packetization-mode 1
+  /// (what the desktop app sends and decodes) comes first, VP8 after the other H.264
+  /// variants, and Opus first for audio. Reordering keeps browser-to-browser calls
+  /// working where H.264 is missing.
+  function preferCodecs(transceiver, kind) {
+    if (typeof transceiver.setCodecPreferences !== 'function') return;
+    if (typeof RTCRtpReceiver === 'undefined' || !RTCRtpReceiver.getCapabilities) return;
+    const caps = RTCRtpReceiver.getCapabilities(kind);
+    if (!caps || !caps.codecs || !caps.codecs.length) return;
+    const rank = (c) => {
+      const mime = c.mimeType.toLowerCase();
+      const fmtp = (c.sdpFmtpLine || '').toLowerCase();
+      if (mime === 'video/h264') {
+        const pm1 = /packetization-mode=1/.test(fmtp);
+        if (pm1 && /profile-level-id=42e01f/.test(fmtp)) return 0;
+        if (pm1 && /profile-level-id=42e0/.test(fmtp)) return 1;
+        if (pm1 && /profile-level-id=42/.test(fmtp)) return 2;
+        return pm1 ? 3 : 4;
+      }
+      if (mime === 'video/vp8') return 5;
+      if (mime === 'audio/opus') return 0;
+      if (/\/(rtx|red|ulpfec|flexfec-03)$/.test(mime)) return 9;
+      return 6;
+    };
+    const sorted = caps.codecs.slice().sort((a, b) => rank(a) - rank(b));
+    try {
+      transceiver.setCodecPreferences(sorted);
+    } catch (e) {
+      console.warn('peer-stream: setCodecPreferences failed', e);
+    }
+  }
+
+  function rtcIceServers(list) {
+    const out = [];
+    for (const srv of list) {
+      if (!srv || !Array.isArray(srv.urls) || !srv.urls.length) continue;
+      const entry = { urls: srv.urls.map(String) };
+      if (typeof srv.username === 'string') entry.username = srv.username;
+      if (typeof srv.credential === 'string') entry.credential = srv.credential;
+      out.push(entry);
+    }
+    return out;
+  }
+
+  function startCall() {
+    closePeer();
+    if (typeof RTCPeerConnection === 'undefined') throw new Error('no WebRTC');
+    const pc = new RTCPeerConnection({ iceServers: rtcIceServers(s.iceServers) });
+    s.pc = pc;
+    s.pendingCandidates = [];
+    s.signalChain = Promise.resolve();
+    s.remoteStream = new MediaStream();
+    el.remoteVideo.srcObject = s.remoteStream;
+
+    pc.onicecandidate = (ev) => {
+      if (pc !== s.pc) return;
+      const c = ev.candidate;
+      if (!c || !c.candidate) return; // end of candidates: nothing to send
+      sendSignal({
+        kind: 'candidate',
+        candidate: c.candidate,
+        sdp_mid: c.sdpMid ?? null,
+        sdp_mline_index: c.sdpMLineIndex ?? null,
+      });
+    };
+    pc.ontrack = (ev) => {
+      if (pc !== s.pc) return;
+      if (!s.remoteStream.getTracks().includes(ev.track)) s.remoteStream.addTrack(ev.track);
+      el.remoteVideo.srcObject = s.remoteStream;
+      playRemote();
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc !== s.pc) return;
+      if (pc.connectionState === 'failed') {
+        system("The video connection to the stranger failed. Press Next to meet someone else.");
+      }
+      render();
+    };
+
+    if (s.role === 'offerer') {
+      for (const kind of ['video', 'audio']) {
+        const track = localTrack(kind);
+        const init = track
+          ? { direction: 'sendrecv', streams: [s.localStream] }
+          : { direction: 'recvonly' };
+        const transceiver = pc.addTransceiver(track || kind, init);
+        preferCodecs(transceiver, kind);
+      }
+      enqueue(pc, async () => {
+        const offer = await pc.createOffer();
+        await pc.setLocalDescription(offer);
+        if (pc === s.pc) sendSignal({ kind: 'offer', sdp: pc.localDescription.sdp });
+      });
+    }
+  }
+
+  /// Signals are applied one at a time, in arrival order.
+  function enqueue(pc, job) {
+    s.signalChain = s.signalChain
+      .then(() => (pc === s.pc ? job() : undefined))
+      .catch((e) => {
+        console.error('peer-stream: negotiation step failed', e);
+        if (pc === s.pc) system(`The video connection could not be set up (${e.message}).`);
+      });
+  }
+
+  function queueSignal(pc, payload) {
+    if (!payload || typeof payload !== 'object') return;
+    enqueue(pc, () => applySignal(pc, payload));
+  }
+
+  async function applySignal(pc, p) {
+    switch (p.kind) {
+      case 'offer': {
+        if (s.role !== 'answerer' || typeof p.sdp !== 'string') return;
+        await pc.setRemoteDescription({ type: 'offer', sdp: p.sdp });
+        await attachLocalTracks(pc);
+        const answer = await pc.createAnswer();
+        await pc.setLocalDescription(answer);
+        if (pc === s.pc) sendSignal({ kind: 'answer', sdp: pc.localDescription.sdp });
+        await flushCandidates(pc);
+        break;
+      }
+      case 'answer':
+        if (pc.signalingState !== 'have-local-offer' || typeof p.sdp !== 'string') return;
+        await pc.setRemoteDescription({ type: 'answer', sdp: p.sdp });
+        await flushCandidates(pc);
+        break;
+      case 'candidate': {
+        if (typeof p.candidate !== 'string' || !p.candidate.trim()) return; // end marker
+        let candidate = p.candidate.trim();
+        if (candidate.startsWith('a=')) candidate = candidate.slice(2);
+        if (!candidate.startsWith('candidate:')) candidate = `candidate:${candidate}`;
+        const init = {
+          candidate,
+          sdpMid: typeof p.sdp_mid === 'string' ? p.sdp_mid : null,
+          sdpMLineIndex: Number.isInteger(p.sdp_mline_index) ? p.sdp_mline_index : null,
+        };
+        if (init.sdpMid === null && init.sdpMLineIndex === null) init.sdpMLineIndex = 0;
+        if (!pc.remoteDescription) s.pendingCandidates.push(init);
+        else await addCandidate(pc, init);
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  async function addCandidate(pc, init) {
+    try {
+      await pc.addIceCandidate(init);
+    } catch (e) {
+      console.warn('peer-stream: a remote candidate was rejected', e);
+    }
+  }
+
+  async function flushCandidates(pc) {
+    const pending = s.pendingCandidates;
+    s.pendingCandidates = [];
+    for (const c of pending) await addCandidate(pc, c);
+  }
+
+  /// Answerer: the offer created the transceivers; send our tracks on them.
+  async function attachLocalTracks(pc) {
+    const used = new Set();
+    for (const t of pc.getTransceivers()) {
+      const kind = t.receiver.track.kind;
+      const track = used.has(kind) ? null : localTrack(kind);
+      if (track) {
+        used.add(kind);
+        await t.sender.replaceTrack(track);
+        if (typeof t.sender.setStreams === 'function') t.sender.setStreams(s.localStream);
+        t.direction = 'sendrecv';
+      } else {
+        t.direction = 'recvonly';
+      }
+      preferCodecs(t, kind);
+    }
+  }
+
+  function playRemote() {
+    el.remoteVideo.play().catch((e) => {
+      if (e.name !== 'NotAllowedError') return;
+      // Autoplay with sound needs a click first: play muted and offer a button.
+      el.remoteVideo.muted = true;
+      el.unmute.hidden = false;
+      el.remoteVideo.play().catch(() => {});
+    });
+  }
+
+  function onRemoteVideoFrame() {
+    if (s.phase === 'chatting' && el.remoteVideo.videoWidth > 0) {
+      el.body.classList.add('has-remote-video');
+    }
+  }
+
+  function closePeer() {
+    const pc = s.pc;
+    s.pc = null;
+    s.pendingCandidates = [];
+    if (pc) {
+      pc.onicecandidate = null;
+      pc.ontrack = null;
+      pc.onconnectionstatechange = null;
+      pc.close();
+    }
+    if (s.remoteStream) s.remoteStream.getTracks().forEach((t) => t.stop());
+    s.remoteStream = null;
+    el.remoteVideo.srcObject = null;
+    el.body.classList.remove('has-remote-video');
+  }
+
+  function endCall() {
+    closePeer();
+    setTyping(false);
+    s.typingSent = false;
+    disarmNext();
+    showStrangerTyping(false);
+    if (s.matchId) s.lastMatchId = s.matchId;
+    s.matchId = null;
+    s.role = null;
+  }
+
+  async function stats() {
+    const pc = s.pc;
+    if (!pc) return null;
+    const report = await pc.getStats();
+    const codecOf = (id) => {
+      const c = id ? report.get(id) : null;
+      return c ? { mimeType: c.mimeType, payloadType: c.payloadType, sdpFmtpLine: c.sdpFmtpLine ?? null } : null;
+    };
+    const out = {
+      connectionState: pc.connectionState,
+      localDescriptionType: pc.localDescription ? pc.localDescription.type : null,
+      remoteDescriptionType: pc.remoteDescription ? pc.remoteDescription.type : null,
+      inboundVideo: null,
+      inboundAudio: null,
+      outboundVideo: null,
+      outboundAudio: null,
+      codecs: [],
+    };
+    report.forEach((r) => {
+      const kind = r.kind || r.mediaType;
+      if (r.type === 'inbound-rtp') {
+        const entry = {
+          packetsReceived: r.packetsReceived ?? 0,
+          bytesReceived: r.bytesReceived ?? 0,
+          framesDecoded: r.framesDecoded ?? 0,
+          frameWidth: r.frameWidth ?? null,
+          frameHeight: r.frameHeight ?? null,
+          codec: codecOf(r.codecId),
+        };
+        if (kind === 'video') out.inboundVideo = entry;
+        else if (kind === 'audio') out.inboundAudio = entry;
+      } else if (r.type === 'outbound-rtp') {
+        const entry = {
+          packetsSent: r.packetsSent ?? 0,
+          bytesSent: r.bytesSent ?? 0,
+          framesEncoded: r.framesEncoded ?? 0,
+          encoderImplementation: r.encoderImplementation ?? null,
+          codec: codecOf(r.codecId),
+        };
+        if (kind === 'video') out.outboundVideo = entry;
+        else if (kind === 'audio') out.outboundAudio = entry;
+      } else if (r.type === 'codec') {
+        out.codecs.push(r.mimeType);
+      }
+    });
+    out.framesDecoded = out.inboundVideo ? out.inboundVideo.framesDecoded : 0;
+    out.audioPacketsReceived = out.inboundAudio ? out.inboundAudio.packetsReceived : 0;
+    return out;
+  }
+
+  // ---------------------------------------------------------------- rendering
+
+  function setPhase(phase) {
+    s.phase = phase;
+    el.body.dataset.phase = phase;
+    if (phase !== 'chatting') el.body.classList.remove('has-remote-video');
+    render();
+  }
+
+  function render() {
+    const p = s.phase;
+    const connecting = !!s.ws && !s.welcomed;
+
+    if (s.welcomed && s.online !== null) {
+      el.online.textContent = `${s.online.toLocaleString()} online`;
+      el.online.classList.add('live');
+    } else {
+      el.online.textContent = connecting ? 'Connecting…' : 'Offline';
+      el.online.classList.remove('live');
+    }
+
+    el.home.hidden = p !== 'idle';
+    el.chat.hidden = p === 'idle';
+    el.controls.hidden = p === 'idle';
+    el.start.disabled = !!s.fatal;
+
+    const chatting = p === 'chatting';
+    el.message.disabled = !chatting;
+    el.send.disabled = !chatting;
+
+    const armed = chatting && Date.now() < s.nextArmedUntil;
+    el.next.disabled = p === 'searching' || !!s.fatal;
+    el.next.classList.toggle('armed', armed);
+    el.nextLabel.textContent = armed ? 'Really?' : p === 'ended' ? 'New stranger' : 'Next';
+    el.stop.disabled = p === 'idle';
+    el.report.disabled = !(chatting || (p === 'ended' && s.lastMatchId));
+
+    let status = '';
+    let spinning = false;
+    if (p === 'idle') {
+      status = s.fatal ? 'Not available right now.' : 'Press Start to meet someone new.';
+    } else if (p === 'searching') {
+      spinning = true;
+      status = s.welcomed
+        ? `Looking for a stranger… (${(s.online ?? 1).toLocaleString()} online)`
+        : 'Connecting to the server…';
+    } else if (p === 'chatting') {
+      const state = s.pc ? s.pc.connectionState : 'new';
+      if (state === 'failed') {
+        status = 'The video connection failed.';
+      } else if (s.remoteStream && !s.remoteStream.getVideoTracks().length && state === 'connected') {
+        status = 'The stranger has no camera.';
+      } else {
+        spinning = true;
+        status = 'Connecting video…';
+      }
+    } else if (p === 'ended') {
+      status = 'The stranger has left. Press New stranger (or Esc) to meet someone else.';
+    }
+    el.remoteStatus.textContent = status;
+    el.spinner.hidden = !spinning;
+  }
+
+  let bannerReload = false;
+
+  function showBanner(text, { retry = false, reload = false } = {}) {
+    clearTimeout(s.noticeTimer);
+    el.banner.dataset.kind = 'error';
+    el.bannerText.textContent = text;
+    el.bannerRetry.hidden = !retry;
+    el.bannerRetry.textContent = reload ? 'Reload' : 'Retry now';
+    bannerReload = reload;
+    el.banner.hidden = false;
+  }
+
+  function hideBanner() {
+    el.banner.hidden = true;
+  }
+
+  /// A short message that goes away by itself (unless a real error replaces it).
+  function showNotice(text, kind = 'error') {
+    if (!el.banner.hidden && el.banner.dataset.kind === 'error' && !el.bannerRetry.hidden) return;
+    el.banner.dataset.kind = kind;
+    el.bannerText.textContent = text;
+    el.bannerRetry.hidden = true;
+    el.banner.hidden = false;
+    clearTimeout(s.noticeTimer);
+    s.noticeTimer = setTimeout(hideBanner, 5000);
+  }
+
+  // ---------------------------------------------------------------- wiring
+
+  function openReport() {
+    if (el.report.disabled) return;
+    el.reportDetails.value = '';
+    if (typeof el.reportDialog.showModal === 'function') el.reportDialog.showModal();
+    else el.reportDialog.setAttribute('open', '');
+  }
+
+  function wire() {
+    el.start.addEventListener('click', startSearching);
+    el.next.addEventListener('click', pressNext);
+    el.stop.addEventListener('click', stop);
+    el.report.addEventListener('click', openReport);
+    el.reportCancel.addEventListener('click', () => el.reportDialog.close());
+    el.reportForm.addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      const choice = el.reportForm.querySelector('input[name="reason"]:checked');
+      const details = el.reportDetails.value.trim();
+      const reason = (choice ? choice.value : 'other') + (details ? `: ${details}` : '');
+      el.reportDialog.close();
+      report(reason);
+    });
+    el.bannerRetry.addEventListener('click', () => {
+      if (bannerReload) {
+        location.reload();
+        return;
+      }
+      s.retryDelay = 1000;
+      hideBanner();
+      connect();
+    });
+    el.mediaRetry.addEventListener('click', retryMedia);
+    el.unmute.addEventListener('click', () => {
+      el.remoteVideo.muted = false;
+      el.unmute.hidden = true;
+      el.remoteVideo.play().catch(() => {});
+    });
+    el.remoteVideo.addEventListener('loadeddata', onRemoteVideoFrame);
+    el.remoteVideo.addEventListener('resize', onRemoteVideoFrame);
+    el.remoteVideo.addEventListener('playing', onRemoteVideoFrame);
+    el.compose.addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      if (sendChat(el.message.value)) {
+        el.message.value = '';
+        autosize();
+      }
+    });
+    el.message.addEventListener('input', onComposeInput);
+    el.message.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
+        ev.preventDefault();
+        el.compose.requestSubmit();
+      }
+    });
+    el.interests.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Enter') {
+        ev.preventDefault();
+        startSearching();
+      }
+    });
+    document.addEventListener('keydown', (ev) => {
+      if (ev.key !== 'Escape' || ev.repeat || el.reportDialog.open) return;
+      ev.preventDefault();
+      pressNext();
+    });
+    window.addEventListener('pagehide', () => {
+      if (s.ws) s.ws.close(1000, 'page closed');
+    });
+  }
+
+  window.peerStream = Object.freeze({
+    get state() { return s.phase; },
+    get matchId() { return s.matchId; },
+    get lastMatchId() { return s.lastMatchId; },
+    get role() { return s.role; },
+    get welcomed() { return s.welcomed; },
+    get queued() { return s.queued; },
+    get online() { return s.online; },
+    get commonInterests() { return s.commonInterests.slice(); },
+    get chat() { return s.chat.slice(); },
+    get system() { return s.system.slice(); },
+    get media() {
+      return { video: !!localTrack('video'), audio: !!localTrack('audio'), problem: s.mediaProblem };
+    },
+    get connectionState() { return s.pc ? s.pc.connectionState : null; },
+    stats,
+  });
+
+  wire();
+  if (auto.interests) el.interests.value = auto.interests;
+  render();
+  connect();
+  retryMedia();
+  if (auto.start) s.mediaReady.then(() => startSearching());
+})();
