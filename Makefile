@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make run    build and start the signaling server (http://localhost:3000, WebSocket at /ws)
+#   make run    build and open the desktop app (it hosts its own signaling server)
 #   make test   every check CI runs: format, lints, all tests, the Windows cross-check
 # Both install missing system packages first (scripts/deps.sh, apt-get via sudo).
 
@@ -7,14 +7,14 @@ CARGO ?= cargo
 WINDOWS_TARGET := x86_64-pc-windows-gnu
 ARGS ?=
 
-.PHONY: run app test deps deps-test fmt lint unit windows bench-server
+.PHONY: run server test deps deps-test fmt lint unit windows bench-server bench-call
 
 run: deps
-	$(CARGO) run --release -p peer-stream-server -- $(ARGS)
-
-# The desktop app (a skeleton until the media engine lands).
-app: deps
 	$(CARGO) run --release -p peer-stream -- $(ARGS)
+
+# The standalone signaling server (http://0.0.0.0:3000, WebSocket at /ws).
+server: deps
+	$(CARGO) run --release -p peer-stream-server -- $(ARGS)
 
 test: deps-test fmt lint unit windows
 
@@ -38,3 +38,7 @@ windows:
 
 bench-server:
 	$(CARGO) run --release -p peer-stream-server --bin peer-stream-loadgen -- all
+
+bench-call:
+	$(CARGO) build --release -p peer-stream -p peer-stream-server
+	$(CARGO) run --release -p peer-stream --bin call-bench

@@ -89,7 +89,11 @@ pub fn run(opts: GuiOptions, base: EngineConfig) -> anyhow::Result<()> {
                     embedded = None;
                 }
                 if want_embedded && embedded.is_none() {
-                    match EmbeddedServer::start(&handle, s.host_on_lan, data_dir.join("server.sqlite3")) {
+                    match EmbeddedServer::start(
+                        &handle,
+                        s.host_on_lan,
+                        data_dir.join("server.sqlite3"),
+                    ) {
                         Ok(server) => embedded = Some(server),
                         Err(e) => tracing::error!("cannot start the built-in server: {e:#}"),
                     }
@@ -97,7 +101,9 @@ pub fn run(opts: GuiOptions, base: EngineConfig) -> anyhow::Result<()> {
                 *note.lock().unwrap_or_else(PoisonError::into_inner) = embedded
                     .as_ref()
                     .and_then(|e| e.lan_url.clone())
-                    .map(|url| format!("Others on your network can join with server address {url}"));
+                    .map(|url| {
+                        format!("Others on your network can join with server address {url}")
+                    });
                 let mut config = base.clone();
                 config.server_url = if s.server_url.is_empty() {
                     embedded
@@ -116,7 +122,8 @@ pub fn run(opts: GuiOptions, base: EngineConfig) -> anyhow::Result<()> {
                 };
                 config.auto_requeue = s.auto_requeue;
                 let engine = Engine::start(config, &handle, Arc::clone(&repaint));
-                *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&engine.counters));
+                *slot.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(Arc::clone(&engine.counters));
                 Box::new(LiveEngine::new(engine))
             };
             let engine = factory(&settings);
@@ -125,7 +132,10 @@ pub fn run(opts: GuiOptions, base: EngineConfig) -> anyhow::Result<()> {
             app.automation.exit_at = opts.duration.map(|d| Instant::now() + d);
             app.automation.screenshot = opts.screenshot.clone();
             app.automation.screenshot_after_frames = 30;
-            app.automation.frames_decoded = counters_slot.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            app.automation.frames_decoded = counters_slot
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
             if opts.start {
                 app.start_now();
             }
@@ -135,7 +145,11 @@ pub fn run(opts: GuiOptions, base: EngineConfig) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("cannot open the window: {e}"))?;
 
     // Like the headless bot, report what happened (used by the window smoke test).
-    if let Some(counters) = counters_for_exit.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+    if let Some(counters) = counters_for_exit
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+    {
         let summary = summarize_counters(&counters, String::new(), String::new(), Vec::new());
         if let Ok(json) = serde_json::to_string(&summary) {
             let mut out = std::io::stdout().lock();

@@ -132,7 +132,12 @@ pub async fn run(opts: HeadlessOptions, shutdown: impl Future<Output = ()>) -> S
 
 fn summarize(engine: &Engine, chat_lines: Vec<String>) -> Summary {
     let state = engine.state();
-    summarize_counters(&engine.counters, state.video_source, state.audio_source, chat_lines)
+    summarize_counters(
+        &engine.counters,
+        state.video_source,
+        state.audio_source,
+        chat_lines,
+    )
 }
 
 /// The summary from an engine's counters (also printed by the window at exit).

@@ -14,7 +14,11 @@ use std::time::Duration;
 #[command(name = "peer-stream", version, about)]
 struct Args {
     /// Signaling server WebSocket URL. The desktop app defaults to its built-in server.
-    #[arg(long, env = "PEER_STREAM_SERVER", default_value = "ws://127.0.0.1:3000/ws")]
+    #[arg(
+        long,
+        env = "PEER_STREAM_SERVER",
+        default_value = "ws://127.0.0.1:3000/ws"
+    )]
     server: String,
     #[arg(skip)]
     server_given: bool,
@@ -79,7 +83,8 @@ fn main() -> anyhow::Result<()> {
     let matches = <Args as clap::CommandFactory>::command().get_matches();
     let mut args = <Args as clap::FromArgMatches>::from_arg_matches(&matches)?;
     // The desktop app uses its built-in server unless a server was named explicitly.
-    args.server_given = matches.value_source("server") != Some(clap::parser::ValueSource::DefaultValue);
+    args.server_given =
+        matches.value_source("server") != Some(clap::parser::ValueSource::DefaultValue);
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .with_context(|| format!("invalid --log filter {:?}", args.log))?;
     tracing_subscriber::fmt()

@@ -46,13 +46,29 @@ struct Server {
 }
 
 async fn start_server(rematch_cooldown_secs: u64) -> Server {
+    start_server_on(0, rematch_cooldown_secs).await
+}
+
+/// A server on `port` (0: any free port); retries the bind for a while, so a restarted
+/// server gets its old port back.
+async fn start_server_on(port: u16, rematch_cooldown_secs: u64) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::default();
     cfg.db_path = dir.path().join("test.sqlite3");
     cfg.heartbeat_interval_ms = 500;
     cfg.heartbeat_timeout_ms = 3000;
     cfg.rematch_cooldown_secs = rematch_cooldown_secs;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let mut listener = None;
+    for _ in 0..100 {
+        match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => {
+                listener = Some(l);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let listener = listener.expect("bind the server port");
     let port = listener.local_addr().unwrap().port();
     let token = CancellationToken::new();
     let handle = tokio::spawn(run(listener, cfg, token.clone().cancelled_owned()));
@@ -89,7 +105,9 @@ impl ProcessGuard {
     }
 
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 }
 
@@ -241,13 +259,19 @@ impl Cdp {
                                             .as_str()
                                             .map(str::to_owned)
                                             .or_else(|| x.get("value").map(Value::to_string))
-                                            .or_else(|| x["description"].as_str().map(str::to_owned))
+                                            .or_else(|| {
+                                                x["description"].as_str().map(str::to_owned)
+                                            })
                                             .unwrap_or_default()
                                     })
                                     .collect()
                             })
                             .unwrap_or_default();
-                        format!("console.{}: {}", v["params"]["type"].as_str().unwrap_or("?"), args.join(" "))
+                        format!(
+                            "console.{}: {}",
+                            v["params"]["type"].as_str().unwrap_or("?"),
+                            args.join(" ")
+                        )
                     }
                     Some("Runtime.exceptionThrown") => {
                         let d = &v["params"]["exceptionDetails"];
@@ -257,11 +281,22 @@ impl Cdp {
                             d["exception"]["description"].as_str().unwrap_or("")
                         )
                     }
-                    Some("Inspector.targetCrashed") => "the page crashed".to_owned(),
+                    Some("Log.entryAdded") => {
+                        let e = &v["params"]["entry"];
+                        format!(
+                            "log.{} ({}): {}",
+                            e["level"].as_str().unwrap_or("?"),
+                            e["source"].as_str().unwrap_or("?"),
+                            e["text"].as_str().unwrap_or("")
+                        )
+                    }
+                    Some("Inspector.targetCrashed") => "uncaught: the page crashed".to_owned(),
                     _ => continue,
                 };
                 let session = v["sessionId"].as_str().unwrap_or("browser");
-                c.lock().unwrap().push(format!("[{}] {line}", &session[..session.len().min(6)]));
+                c.lock()
+                    .unwrap()
+                    .push(format!("[{}] {line}", &session[..session.len().min(6)]));
             }
         });
         Cdp {
@@ -273,7 +308,12 @@ impl Cdp {
         }
     }
 
-    async fn call(&self, session: Option<&str>, method: &str, params: Value) -> Result<Value, String> {
+    async fn call(
+        &self,
+        session: Option<&str>,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, String> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap().insert(id, tx);
@@ -297,6 +337,21 @@ impl Cdp {
     fn console_dump(&self) -> String {
         self.console.lock().unwrap().join("\n")
     }
+
+    /// Uncaught exceptions, console errors and Content-Security-Policy violations.
+    fn problems(&self) -> Vec<String> {
+        self.console
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| {
+                l.contains("uncaught: ")
+                    || l.contains("console.error: ")
+                    || l.contains("Content Security Policy")
+            })
+            .cloned()
+            .collect()
+    }
 }
 
 impl Drop for Cdp {
@@ -314,9 +369,19 @@ struct Chromium {
     _profile: tempfile::TempDir,
 }
 
+/// What getUserMedia gets in a browser.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Media {
+    /// Chromium's fake camera (a green frame with a moving pie) and fake microphone (beeps).
+    Fake,
+    /// The user said no to the camera and microphone.
+    Denied,
+}
+
 impl Chromium {
-    async fn launch() -> Chromium {
-        let exe = std::env::var("PEER_STREAM_CHROMIUM").unwrap_or_else(|_| DEFAULT_CHROMIUM.to_owned());
+    async fn launch(media: Media) -> Chromium {
+        let exe =
+            std::env::var("PEER_STREAM_CHROMIUM").unwrap_or_else(|_| DEFAULT_CHROMIUM.to_owned());
         assert!(
             Path::new(&exe).exists(),
             "Chromium is required for the browser interop tests but {exe} does not exist. \
@@ -329,7 +394,11 @@ impl Chromium {
         cmd.args([
             "--headless=new",
             "--no-sandbox",
-            "--use-fake-ui-for-media-stream",
+            if media == Media::Fake {
+                "--use-fake-ui-for-media-stream"
+            } else {
+                "--deny-permission-prompts"
+            },
             "--use-fake-device-for-media-stream",
             "--allow-loopback-in-peer-connection",
             "--disable-features=WebRtcHideLocalIpsWithMdns",
@@ -378,7 +447,9 @@ impl Chromium {
                 }
             }
             if let Some(status) = proc.exited() {
-                panic!("Chromium exited at start-up ({status}); run with PEER_STREAM_CHROMIUM_LOG=1");
+                panic!(
+                    "Chromium exited at start-up ({status}); run with PEER_STREAM_CHROMIUM_LOG=1"
+                );
             }
             assert!(
                 start.elapsed() < Duration::from_secs(30),
@@ -421,12 +492,9 @@ impl Chromium {
             .await
             .unwrap();
         let session = attached["sessionId"].as_str().unwrap().to_owned();
-        let page = Page {
-            cdp,
-            session,
-            name,
-        };
+        let page = Page { cdp, session, name };
         page.cmd("Runtime.enable", json!({})).await;
+        page.cmd("Log.enable", json!({})).await;
         page.cmd("Page.enable", json!({})).await;
         page.cmd(
             "Emulation.setDeviceMetricsOverride",
@@ -444,6 +512,18 @@ impl Chromium {
     }
 }
 
+impl Chromium {
+    /// Fails if any page threw, logged an error or broke its Content-Security-Policy.
+    fn assert_clean(&self) {
+        let problems = self.cdp.problems();
+        assert!(
+            problems.is_empty(),
+            "the pages reported problems:\n{}",
+            problems.join("\n")
+        );
+    }
+}
+
 struct Page<'a> {
     cdp: &'a Cdp,
     session: String,
@@ -451,7 +531,8 @@ struct Page<'a> {
 }
 
 /// What a failure report shows of a page.
-const SNAPSHOT: &str = "({ state: peerStream.state, role: peerStream.role, matchId: peerStream.matchId, \
+const SNAPSHOT: &str =
+    "({ state: peerStream.state, role: peerStream.role, matchId: peerStream.matchId, \
     connection: peerStream.connectionState, media: peerStream.media, chat: peerStream.chat, \
     system: peerStream.system, banner: document.getElementById('banner').hidden ? null : \
     document.getElementById('banner-text').textContent })";
@@ -477,7 +558,9 @@ impl Page<'_> {
             return Err(format!(
                 "{}: `{expr}` threw: {}",
                 self.name,
-                ex["exception"]["description"].as_str().unwrap_or(&ex.to_string())
+                ex["exception"]["description"]
+                    .as_str()
+                    .unwrap_or(&ex.to_string())
             ));
         }
         Ok(r["result"]["value"].clone())
@@ -564,7 +647,9 @@ impl Page<'_> {
     }
 
     async fn screenshot(&self, path: &Path) {
-        let shot = self.cmd("Page.captureScreenshot", json!({ "format": "png" })).await;
+        let shot = self
+            .cmd("Page.captureScreenshot", json!({ "format": "png" }))
+            .await;
         let png = base64_decode(shot["data"].as_str().unwrap());
         std::fs::write(path, png).unwrap();
         eprintln!("screenshot: {}", path.display());
@@ -596,7 +681,10 @@ fn base64_decode(text: &str) -> Vec<u8> {
             _ => panic!("not base64: {c}"),
         }
     };
-    let clean: Vec<u8> = text.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=').collect();
+    let clean: Vec<u8> = text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+        .collect();
     let mut out = Vec::with_capacity(clean.len() * 3 / 4);
     for chunk in clean.chunks(4) {
         let mut acc = 0u32;
@@ -612,7 +700,9 @@ fn base64_decode(text: &str) -> Vec<u8> {
 // ------------------------------------------------------------------------- checks
 
 fn u(v: &Value, key: &str) -> u64 {
-    v[key].as_u64().unwrap_or_else(|| panic!("{key} missing in {v}"))
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
 }
 
 fn lines(v: &Value) -> Vec<String> {
@@ -623,15 +713,27 @@ fn lines(v: &Value) -> Vec<String> {
 /// from the desktop peer, and sends it H.264 (the only video codec the desktop has).
 fn assert_desktop_codecs(stats: &Value) {
     let video = &stats["inboundVideo"]["codec"];
-    assert_eq!(video["mimeType"], "video/H264", "inbound video codec: {stats}");
+    assert_eq!(
+        video["mimeType"], "video/H264",
+        "inbound video codec: {stats}"
+    );
     let fmtp = video["sdpFmtpLine"].as_str().unwrap_or_default();
     assert!(
         fmtp.contains("packetization-mode=1") && fmtp.contains("profile-level-id=42e01f"),
         "inbound H.264 parameters: {fmtp}"
     );
-    assert_eq!(stats["inboundAudio"]["codec"]["mimeType"], "audio/opus", "{stats}");
-    assert_eq!(stats["outboundVideo"]["codec"]["mimeType"], "video/H264", "{stats}");
-    assert_eq!(stats["outboundAudio"]["codec"]["mimeType"], "audio/opus", "{stats}");
+    assert_eq!(
+        stats["inboundAudio"]["codec"]["mimeType"], "audio/opus",
+        "{stats}"
+    );
+    assert_eq!(
+        stats["outboundVideo"]["codec"]["mimeType"], "video/H264",
+        "{stats}"
+    );
+    assert_eq!(
+        stats["outboundAudio"]["codec"]["mimeType"], "audio/opus",
+        "{stats}"
+    );
 }
 
 fn screenshot_dir() -> Option<PathBuf> {
@@ -643,27 +745,44 @@ fn screenshot_dir() -> Option<PathBuf> {
 async fn browser_meets_desktop(browser_offers: bool) {
     let started = Instant::now();
     let server = start_server(600).await;
-    let chrome = Chromium::launch().await;
+    let chrome = Chromium::launch(Media::Fake).await;
     let url = server.page_url("autostart=1&say=hi%20from%20the%20browser&echo=1");
     let (page, desktop) = if browser_offers {
         // The longest waiter offers: the page queues first.
         let page = chrome.open("browser", &url).await;
-        page.wait_for("the page to queue", "peerStream.queued", Duration::from_secs(20))
-            .await;
+        page.wait_for(
+            "the page to queue",
+            "peerStream.queued",
+            Duration::from_secs(20),
+        )
+        .await;
         let desktop = RustPeer::spawn(server.port, &["--duration", "10", "--say", "hi from rust"]);
         (page, desktop)
     } else {
         let desktop = RustPeer::spawn(server.port, &["--duration", "12", "--say", "hi from rust"]);
         // Give the desktop peer time to connect and queue before the page does.
         let queued = Instant::now();
-        while !desktop.log.lock().unwrap().iter().any(|l| l.contains("Searching")) {
-            assert!(queued.elapsed() < Duration::from_secs(20), "the desktop peer never queued");
+        while !desktop
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("Searching"))
+        {
+            assert!(
+                queued.elapsed() < Duration::from_secs(20),
+                "the desktop peer never queued"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         (chrome.open("browser", &url).await, desktop)
     };
 
-    let want = if browser_offers { "offerer" } else { "answerer" };
+    let want = if browser_offers {
+        "offerer"
+    } else {
+        "answerer"
+    };
     let role = page
         .wait_for("a match", "peerStream.role", Duration::from_secs(20))
         .await;
@@ -672,7 +791,10 @@ async fn browser_meets_desktop(browser_offers: bool) {
     eprintln!("browser stats: {stats}");
     assert_desktop_codecs(&stats);
     let sdp = if browser_offers { "offer" } else { "answer" };
-    assert_eq!(stats["localDescriptionType"], sdp, "the browser created the {sdp}");
+    assert_eq!(
+        stats["localDescriptionType"], sdp,
+        "the browser created the {sdp}"
+    );
     page.wait_for(
         "the desktop's greeting and the echo of ours",
         "peerStream.chat.includes('stranger: hi from rust') && \
@@ -698,7 +820,8 @@ async fn browser_meets_desktop(browser_offers: bool) {
         .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         page.screenshot(&dir.join("web-client-call-dark.png")).await;
-        page.cmd("Emulation.setEmulatedMedia", json!({ "features": [] })).await;
+        page.cmd("Emulation.setEmulatedMedia", json!({ "features": [] }))
+            .await;
     }
 
     let desktop_role = desktop.role();
@@ -706,15 +829,34 @@ async fn browser_meets_desktop(browser_offers: bool) {
         .await
         .unwrap();
     eprintln!("desktop summary: {summary}");
-    let other = if browser_offers { "answerer" } else { "offerer" };
+    let other = if browser_offers {
+        "answerer"
+    } else {
+        "offerer"
+    };
     assert_eq!(desktop_role, Some(other), "the desktop peer's role");
     assert_eq!(u(&summary, "matches"), 1, "{summary}");
-    assert!(u(&summary, "frames_decoded") >= 60, "desktop decoded Chromium's camera: {summary}");
-    assert!(u(&summary, "audio_frames_decoded") > 0, "desktop decoded Chromium's audio: {summary}");
+    assert!(
+        u(&summary, "frames_decoded") >= 60,
+        "desktop decoded Chromium's camera: {summary}"
+    );
+    assert!(
+        u(&summary, "audio_frames_decoded") > 0,
+        "desktop decoded Chromium's audio: {summary}"
+    );
     let chat = lines(&summary);
-    assert!(chat.contains(&"stranger: hi from the browser".to_owned()), "{chat:?}");
-    assert!(chat.contains(&"stranger: echo: hi from rust".to_owned()), "{chat:?}");
-    assert!(!chat.iter().any(|l| l.contains("echo: echo:")), "an echo was echoed: {chat:?}");
+    assert!(
+        chat.contains(&"stranger: hi from the browser".to_owned()),
+        "{chat:?}"
+    );
+    assert!(
+        chat.contains(&"stranger: echo: hi from rust".to_owned()),
+        "{chat:?}"
+    );
+    assert!(
+        !chat.iter().any(|l| l.contains("echo: echo:")),
+        "an echo was echoed: {chat:?}"
+    );
 
     // The desktop peer exited: the page shows that the stranger left.
     page.wait_for(
@@ -724,10 +866,17 @@ async fn browser_meets_desktop(browser_offers: bool) {
     )
     .await;
     let browser_chat = page.chat().await;
-    assert!(!browser_chat.iter().any(|l| l.contains("echo: echo:")), "{browser_chat:?}");
+    assert!(
+        !browser_chat.iter().any(|l| l.contains("echo: echo:")),
+        "{browser_chat:?}"
+    );
+    chrome.assert_clean();
     drop(chrome);
     server.stop().await;
-    eprintln!("browser ({want}) <-> desktop: {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "browser ({want}) <-> desktop: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 async fn limited(fut: impl std::future::Future<Output = ()>) {
@@ -761,29 +910,45 @@ async fn two_browsers_meet_through_the_server() {
     limited(async {
         let started = Instant::now();
         let server = start_server(600).await;
-        let chrome = Chromium::launch().await;
+        let chrome = Chromium::launch(Media::Fake).await;
         let a = chrome
-            .open("A", &server.page_url("autostart=1&say=hi%20from%20A&echo=1"))
+            .open(
+                "A",
+                &server.page_url("autostart=1&say=hi%20from%20A&echo=1"),
+            )
             .await;
         a.wait_for("A to queue", "peerStream.queued", Duration::from_secs(20))
             .await;
         let b = chrome
-            .open("B", &server.page_url("autostart=1&say=hi%20from%20B&echo=1"))
+            .open(
+                "B",
+                &server.page_url("autostart=1&say=hi%20from%20B&echo=1"),
+            )
             .await;
         assert_eq!(
-            a.wait_for("A's match", "peerStream.role", Duration::from_secs(20)).await,
+            a.wait_for("A's match", "peerStream.role", Duration::from_secs(20))
+                .await,
             "offerer"
         );
         assert_eq!(
-            b.wait_for("B's match", "peerStream.role", Duration::from_secs(20)).await,
+            b.wait_for("B's match", "peerStream.role", Duration::from_secs(20))
+                .await,
             "answerer"
         );
-        assert_eq!(a.eval("peerStream.matchId").await, b.eval("peerStream.matchId").await);
+        assert_eq!(
+            a.eval("peerStream.matchId").await,
+            b.eval("peerStream.matchId").await
+        );
         for (page, me, them) in [(&a, "A", "B"), (&b, "B", "A")] {
             let stats = page.wait_for_media(60, Duration::from_secs(40)).await;
             eprintln!("{me} stats: {stats}");
-            let codec = stats["inboundVideo"]["codec"]["mimeType"].as_str().unwrap_or_default();
-            assert!(codec == "video/H264" || codec == "video/VP8", "{me}: {stats}");
+            let codec = stats["inboundVideo"]["codec"]["mimeType"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(
+                codec == "video/H264" || codec == "video/VP8",
+                "{me}: {stats}"
+            );
             page.wait_for(
                 "the other's greeting and the echo of ours",
                 &format!(
@@ -794,18 +959,27 @@ async fn two_browsers_meet_through_the_server() {
             )
             .await;
             let chat = page.chat().await;
-            assert!(!chat.iter().any(|l| l.contains("echo: echo:")), "{me}: {chat:?}");
+            assert!(
+                !chat.iter().any(|l| l.contains("echo: echo:")),
+                "{me}: {chat:?}"
+            );
         }
+        chrome.assert_clean();
         drop(chrome);
         server.stop().await;
-        eprintln!("browser <-> browser: {:.1} s", started.elapsed().as_secs_f64());
+        eprintln!(
+            "browser <-> browser: {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
     })
     .await;
 }
 
 /// The page's own controls: typing indicator and Enter to send, Next (pressed twice to
 /// confirm), New stranger (Esc), Stop during a call and while searching, Report (which
-/// also skips), and what the partner sees each time.
+/// also skips), and what the partner sees each time. A's browser refuses camera and
+/// microphone: A says so in plain words, still meets people, and sees and hears them
+/// (receive-only). At the end the server restarts and a waiting page finds it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn next_stop_and_report_in_the_page() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -813,18 +987,35 @@ async fn next_stop_and_report_in_the_page() {
         let started = Instant::now();
         // No cooldown: the same two pages may meet again after a skip.
         let server = start_server(0).await;
-        let chrome = Chromium::launch().await;
-        let a = chrome.open("A", &server.page_url("autostart=1")).await;
+        let chrome = Chromium::launch(Media::Fake).await;
+        let no_camera = Chromium::launch(Media::Denied).await;
+        let a = no_camera.open("A", &server.page_url("autostart=1")).await;
         a.wait_for("A to queue", "peerStream.queued", Duration::from_secs(20))
             .await;
+        assert_eq!(a.eval("peerStream.media.problem").await, "denied");
+        assert!(a.visible("local-off").await, "A's preview says the camera is off");
         let b = chrome.open("B", &server.page_url("autostart=1")).await;
         let both_chatting = "peerStream.state === 'chatting' && peerStream.matchId";
         let m1 = a.wait_for("a match", both_chatting, Duration::from_secs(20)).await;
         assert_eq!(b.wait_for("a match", both_chatting, Duration::from_secs(20)).await, m1);
         assert!(a.visible("remote-video").await && a.visible("local-video").await);
         assert!(!a.visible("home").await, "the home panel is hidden during a chat");
-        let hello = "You're now chatting with a random stranger. Say hi!";
-        assert!(a.eval("peerStream.system").await.as_array().unwrap().contains(&json!(hello)));
+        let system = a.eval("peerStream.system").await;
+        for line in [
+            "You're now chatting with a random stranger. Say hi!",
+            "Your camera is off: the stranger can't see you.",
+        ] {
+            assert!(system.as_array().unwrap().contains(&json!(line)), "{system}");
+        }
+        // Receive-only: A sees and hears B and sends nothing; B is told A has no camera.
+        let stats = a.wait_for_media(10, Duration::from_secs(30)).await;
+        assert!(stats["outboundVideo"].is_null(), "A has nothing to send: {stats}");
+        b.wait_for(
+            "B to say that A has no camera",
+            "document.getElementById('remote-status').textContent === 'The stranger has no camera.'",
+            Duration::from_secs(20),
+        )
+        .await;
 
         // Typing shows "Stranger is typing…" on the other side; Enter sends.
         a.eval("document.getElementById('message').focus()").await;
@@ -929,7 +1120,29 @@ async fn next_stop_and_report_in_the_page() {
             status.as_str().unwrap_or_default().starts_with("Looking for a stranger… ("),
             "{status}"
         );
-        drop(chrome);
+
+        // The server goes away: C says so in plain words, reconnects by itself when the
+        // server is back, and is searching again.
+        let port = server.port;
+        server.stop().await;
+        c.wait_for(
+            "C to report the lost server",
+            "!document.getElementById('banner').hidden && \
+             document.getElementById('banner-text').textContent.includes('Reconnecting')",
+            Duration::from_secs(10),
+        )
+        .await;
+        let server = start_server_on(port, 0).await;
+        c.wait_for(
+            "C to reconnect and queue again",
+            "peerStream.welcomed && peerStream.queued && document.getElementById('banner').hidden",
+            Duration::from_secs(20),
+        )
+        .await;
+        assert_eq!(c.eval("peerStream.state").await, "searching");
+        chrome.assert_clean();
+        no_camera.assert_clean();
+        drop((chrome, no_camera));
         server.stop().await;
         eprintln!("page flow: {:.1} s", started.elapsed().as_secs_f64());
     })

@@ -99,7 +99,9 @@ fn summary(child: Child, limit: Duration) -> Value {
 }
 
 fn u(v: &Value, key: &str) -> u64 {
-    v[key].as_u64().unwrap_or_else(|| panic!("{key} missing in {v}"))
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
 }
 
 fn lines(v: &Value) -> Vec<String> {
@@ -127,10 +129,19 @@ fn assert_moving_video(v: &Value) {
 async fn two_peers_see_hear_and_chat() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let server = start_server(0, None).await;
-    let a = peer(server.port, &["--duration", "9", "--tone-hz", "440", "--say", "hi from A"]);
-    let b = peer(server.port, &["--duration", "9", "--tone-hz", "660", "--say", "hi from B"]);
+    let a = peer(
+        server.port,
+        &["--duration", "9", "--tone-hz", "440", "--say", "hi from A"],
+    );
+    let b = peer(
+        server.port,
+        &["--duration", "9", "--tone-hz", "660", "--say", "hi from B"],
+    );
     let (a, b) = tokio::task::spawn_blocking(move || {
-        (summary(a, Duration::from_secs(60)), summary(b, Duration::from_secs(60)))
+        (
+            summary(a, Duration::from_secs(60)),
+            summary(b, Duration::from_secs(60)),
+        )
     })
     .await
     .unwrap();
@@ -142,14 +153,30 @@ async fn two_peers_see_hear_and_chat() {
         assert_moving_video(me);
         let last = me["per_match"][0]["last_seq"].as_u64().unwrap();
         let first = me["per_match"][0]["first_seq"].as_u64().unwrap();
-        assert!(last >= first + 60, "the partner's frame numbers advance: {me}");
+        assert!(
+            last >= first + 60,
+            "the partner's frame numbers advance: {me}"
+        );
         assert!(u(me, "audio_frames_decoded") >= 100, "{me}");
         let hz = me["audio_dominant_hz"].as_f64().expect("received audio");
-        assert!((hz - other_tone).abs() <= 20.0, "heard {hz} Hz, partner plays {other_tone}");
+        assert!(
+            (hz - other_tone).abs() <= 20.0,
+            "heard {hz} Hz, partner plays {other_tone}"
+        );
         let chat = lines(me);
-        assert!(chat.contains(&format!("stranger: hi from {them}")), "{chat:?}");
-        let mine = if them == "A" { "hi from B" } else { "hi from A" };
-        assert!(chat.contains(&format!("stranger: echo: {mine}")), "{chat:?}");
+        assert!(
+            chat.contains(&format!("stranger: hi from {them}")),
+            "{chat:?}"
+        );
+        let mine = if them == "A" {
+            "hi from B"
+        } else {
+            "hi from A"
+        };
+        assert!(
+            chat.contains(&format!("stranger: echo: {mine}")),
+            "{chat:?}"
+        );
         assert!(
             !chat.iter().any(|l| l.contains("echo: echo:")),
             "an echo was echoed: {chat:?}"
@@ -166,11 +193,10 @@ async fn next_rematches_everyone_with_fresh_media() {
     let b = peer(server.port, &["--duration", "16"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let c = peer(server.port, &["--duration", "16"]);
-    let results = tokio::task::spawn_blocking(move || {
-        [a, b, c].map(|p| summary(p, Duration::from_secs(90)))
-    })
-    .await
-    .unwrap();
+    let results =
+        tokio::task::spawn_blocking(move || [a, b, c].map(|p| summary(p, Duration::from_secs(90))))
+            .await
+            .unwrap();
     server.stop().await;
     for r in &results {
         eprintln!("{r}");
@@ -202,14 +228,20 @@ async fn partner_killed_then_a_newcomer_is_matched() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let c = peer(server.port, &["--duration", "9"]);
     let (a, c) = tokio::task::spawn_blocking(move || {
-        (summary(a, Duration::from_secs(60)), summary(c, Duration::from_secs(60)))
+        (
+            summary(a, Duration::from_secs(60)),
+            summary(c, Duration::from_secs(60)),
+        )
     })
     .await
     .unwrap();
     server.stop().await;
     eprintln!("A: {a}\nC: {c}");
     assert_eq!(u(&a, "matches"), 2, "A met B, then C: {a}");
-    assert!(a["per_match"][1]["frames_decoded"].as_u64().unwrap() > 30, "{a}");
+    assert!(
+        a["per_match"][1]["frames_decoded"].as_u64().unwrap() > 30,
+        "{a}"
+    );
     assert!(u(&c, "frames_decoded") > 30, "{c}");
 }
 
@@ -225,7 +257,10 @@ async fn peers_reconnect_and_requeue_after_a_server_restart() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let server = start_server(port, Some(dir)).await;
     let (a, b) = tokio::task::spawn_blocking(move || {
-        (summary(a, Duration::from_secs(60)), summary(b, Duration::from_secs(60)))
+        (
+            summary(a, Duration::from_secs(60)),
+            summary(b, Duration::from_secs(60)),
+        )
     })
     .await
     .unwrap();
@@ -233,7 +268,10 @@ async fn peers_reconnect_and_requeue_after_a_server_restart() {
     eprintln!("A: {a}\nB: {b}");
     for r in [&a, &b] {
         assert_eq!(u(r, "matches"), 2, "matched again after the restart: {r}");
-        assert!(r["per_match"][1]["frames_decoded"].as_u64().unwrap() > 30, "{r}");
+        assert!(
+            r["per_match"][1]["frames_decoded"].as_u64().unwrap() > 30,
+            "{r}"
+        );
         assert_moving_video(r);
     }
 }

@@ -30,7 +30,9 @@ fn live(fake: &FakeEngine, h: &mut Harness<'static, PeerStreamApp>) {
     fake.notice(Notice::Matched {
         common_interests: vec!["music".into()],
     });
-    fake.notice(Notice::System("You're now chatting with a random stranger. Say hi!".into()));
+    fake.notice(Notice::System(
+        "You're now chatting with a random stranger. Say hi!".into(),
+    ));
     fake.notice(Notice::System("You both like: music".into()));
     fake.set_phase(Phase::Connecting {
         match_id: "m1".into(),
@@ -74,7 +76,10 @@ fn start_search_call_partner_left_and_next() {
     h.get_by_label("Start").click();
     h.run_steps(2);
     let sent = fake.take_sent();
-    assert!(sent.contains(&Command::Start { interests: vec![] }), "{sent:?}");
+    assert!(
+        sent.contains(&Command::Start { interests: vec![] }),
+        "{sent:?}"
+    );
     assert_eq!(h.state().screen(), Screen::Session);
 
     fake.set_phase(Phase::Searching { waiting: 3 });
@@ -94,7 +99,10 @@ fn start_search_call_partner_left_and_next() {
     h.run_steps(2);
     // The chat stays readable (the line is in the chat and on the video area) and a new
     // stranger is one click away.
-    assert_eq!(h.query_all_by_label("Stranger has disconnected.").count(), 2);
+    assert_eq!(
+        h.query_all_by_label("Stranger has disconnected.").count(),
+        2
+    );
     h.get_by_label("You both like: music");
     h.get_by_label("New stranger").click();
     h.run_steps(2);
@@ -144,7 +152,10 @@ fn chat_send_receive_and_typing_indicator() {
     h.get_by_label("Send").click();
     h.run_steps(2);
     let sent = fake.take_sent();
-    assert!(sent.contains(&Command::SendChat("hello there".into())), "{sent:?}");
+    assert!(
+        sent.contains(&Command::SendChat("hello there".into())),
+        "{sent:?}"
+    );
     assert!(sent.contains(&Command::Typing(false)), "{sent:?}");
 
     fake.notice(Notice::Chat {
@@ -227,10 +238,11 @@ fn error_screens_speak_plainly() {
     let mut h = app_with(&fake, true);
     fake.with(|i| i.state.server_error = Some("connection refused".into()));
     fake.with(|i| {
-        i.events.push(peer_stream::engine::EngineEvent::ServerUnreachable {
-            error: "connection refused".into(),
-            retry_in: std::time::Duration::from_secs(5),
-        })
+        i.events
+            .push(peer_stream::engine::EngineEvent::ServerUnreachable {
+                error: "connection refused".into(),
+                retry_in: std::time::Duration::from_secs(5),
+            })
     });
     h.run_steps(2);
     h.get_by_label_contains("Server unreachable — retrying in");

@@ -46,14 +46,35 @@ async fn desktop_window_goes_live_with_a_headless_peer() {
 
     let bin = env!("CARGO_BIN_EXE_peer-stream");
     let bot = Command::new(bin)
-        .args(["--headless", "--fake-media", "--server", &url, "--udp-addr", "127.0.0.1:0"])
-        .args(["--duration", "25", "--tone-hz", "660", "--say", "hello from the bot"])
+        .args([
+            "--headless",
+            "--fake-media",
+            "--server",
+            &url,
+            "--udp-addr",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--duration",
+            "25",
+            "--tone-hz",
+            "660",
+            "--say",
+            "hello from the bot",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let window = Command::new("xvfb-run")
         .args(["-a", "-s", "-screen 0 1280x800x24", bin])
-        .args(["--start", "--fake-media", "--server", &url, "--udp-addr", "127.0.0.1:0"])
+        .args([
+            "--start",
+            "--fake-media",
+            "--server",
+            &url,
+            "--udp-addr",
+            "127.0.0.1:0",
+        ])
         .args(["--duration", "15", "--screenshot"])
         .arg(&shot)
         .env("LIBGL_ALWAYS_SOFTWARE", "1")
@@ -78,15 +99,32 @@ async fn desktop_window_goes_live_with_a_headless_peer() {
     let summary: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("the window printed no summary ({e}): {text:?}"));
     assert!(summary["matches"].as_u64().unwrap() >= 1, "{summary}");
-    assert!(summary["frames_decoded"].as_u64().unwrap() >= 60, "{summary}");
+    assert!(
+        summary["frames_decoded"].as_u64().unwrap() >= 60,
+        "{summary}"
+    );
     assert_eq!(summary["per_match"][0]["seq_regressions"], 0, "{summary}");
-    let bot: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&bot.stdout).lines().last().unwrap_or_default()).unwrap();
-    assert!(bot["frames_decoded"].as_u64().unwrap() >= 60, "the bot saw the window's video: {bot}");
+    let bot: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&bot.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default(),
+    )
+    .unwrap();
+    assert!(
+        bot["frames_decoded"].as_u64().unwrap() >= 60,
+        "the bot saw the window's video: {bot}"
+    );
 
-    let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot at {}: {e}", shot.display()));
+    let png =
+        std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot at {}: {e}", shot.display()));
     assert!(png.starts_with(b"\x89PNG"), "screenshot is a PNG");
     let img = image::load_from_memory(&png).unwrap().to_rgba8();
-    assert!(img.width() >= 760 && img.height() >= 480, "{}x{}", img.width(), img.height());
+    assert!(
+        img.width() >= 760 && img.height() >= 480,
+        "{}x{}",
+        img.width(),
+        img.height()
+    );
     eprintln!("screenshot: {}", shot.display());
 }

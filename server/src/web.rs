@@ -67,14 +67,21 @@ mod tests {
     #[test]
     fn the_page_references_only_embedded_files() {
         let html = std::str::from_utf8(asset("/").map(|a| a.1).unwrap_or_default()).unwrap_or("");
-        for needle in ["src=\"/app.js\"", "href=\"/style.css\"", "href=\"/favicon.svg\""] {
+        for needle in [
+            "src=\"/app.js\"",
+            "href=\"/style.css\"",
+            "href=\"/favicon.svg\"",
+        ] {
             assert!(html.contains(needle), "index.html lacks {needle}");
         }
         for remote in ["src=\"http", "href=\"http", "src=\"//", "href=\"//"] {
             assert!(!html.contains(remote), "no CDN or remote file: {remote}");
         }
         assert!(!STYLE_CSS.contains("url(http") && !STYLE_CSS.contains("@import"));
-        assert!(!html.contains("<script>") && !html.contains("style=\""), "nothing inline (CSP)");
+        assert!(
+            !html.contains("<script>") && !html.contains("style=\""),
+            "nothing inline (CSP)"
+        );
     }
 
     #[test]

@@ -43,8 +43,16 @@ async fn root_path_serves_the_web_client() {
     let head = r.head.to_ascii_lowercase();
     assert!(head.contains("content-type: text/html"), "{}", r.head);
     assert!(head.contains("content-security-policy: "), "{}", r.head);
-    assert!(r.body.to_ascii_lowercase().starts_with("<!doctype html>"), "{}", r.body);
-    assert!(r.body.contains("/app.js") && r.body.contains("/style.css"), "{}", r.body);
+    assert!(
+        r.body.to_ascii_lowercase().starts_with("<!doctype html>"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains("/app.js") && r.body.contains("/style.css"),
+        "{}",
+        r.body
+    );
     for (path, content_type, needle) in [
         ("/app.js", "text/javascript", "window.peerStream"),
         ("/style.css", "text/css", "prefers-color-scheme: dark"),
@@ -54,7 +62,11 @@ async fn root_path_serves_the_web_client() {
         let r = http_get(server.addr, path).await;
         assert_eq!(r.status, 200, "GET {path}: {r:?}");
         let content_type_line = format!("content-type: {content_type}");
-        assert!(r.head.to_ascii_lowercase().contains(&content_type_line), "GET {path}: {}", r.head);
+        assert!(
+            r.head.to_ascii_lowercase().contains(&content_type_line),
+            "GET {path}: {}",
+            r.head
+        );
         assert!(r.body.contains(needle), "GET {path} lacks {needle}");
     }
 }

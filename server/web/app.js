@@ -200,6 +200,8 @@
         break;
       case 'queued':
         s.waiting = typeof msg.waiting === 'number' ? msg.waiting : null;
+        // `online` only comes with welcome; what we see since then is a lower bound.
+        if (s.online !== null && s.waiting !== null) s.online = Math.max(s.online, s.waiting);
         if (s.wantSearch && s.phase === 'searching') s.queued = true;
         render();
         break;
@@ -300,6 +302,7 @@
     s.iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
     s.commonInterests = Array.isArray(msg.common_interests) ? msg.common_interests.map(String) : [];
     s.queued = false;
+    if (s.online !== null) s.online = Math.max(s.online, 2);
     clearLog();
     setPhase('chatting');
     system("You're now chatting with a random stranger. Say hi!");
@@ -651,8 +654,9 @@
     s.signalChain = s.signalChain
       .then(() => (pc === s.pc ? job() : undefined))
       .catch((e) => {
+        if (pc !== s.pc) return; // the call ended while this step ran
         console.error('peer-stream: negotiation step failed', e);
-        if (pc === s.pc) system(`The video connection could not be set up (${e.message}).`);
+        system(`The video connection could not be set up (${e.message}).`);
       });
   }
 

@@ -46,7 +46,11 @@ impl ChatLog {
         match notice {
             Notice::Matched { .. } => return true,
             Notice::Chat { from_me, text } => self.push(
-                if *from_me { Speaker::Me } else { Speaker::Stranger },
+                if *from_me {
+                    Speaker::Me
+                } else {
+                    Speaker::Stranger
+                },
                 text.clone(),
             ),
             Notice::System(text) => self.push(Speaker::System, text.clone()),

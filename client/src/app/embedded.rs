@@ -21,7 +21,11 @@ pub struct EmbeddedServer {
 
 impl EmbeddedServer {
     /// Starts the server on `runtime`: loopback only, or all interfaces (`on_lan`).
-    pub fn start(runtime: &tokio::runtime::Handle, on_lan: bool, db_path: PathBuf) -> anyhow::Result<Self> {
+    pub fn start(
+        runtime: &tokio::runtime::Handle,
+        on_lan: bool,
+        db_path: PathBuf,
+    ) -> anyhow::Result<Self> {
         let std_listener = if on_lan {
             std::net::TcpListener::bind(("0.0.0.0", LAN_PORT))
                 .or_else(|_| std::net::TcpListener::bind(("0.0.0.0", 0)))
@@ -35,9 +39,11 @@ impl EmbeddedServer {
             let _guard = runtime.enter();
             tokio::net::TcpListener::from_std(std_listener)?
         };
-        let mut config = Config::default();
-        config.listen = addr;
-        config.db_path = db_path;
+        let config = Config {
+            listen: addr,
+            db_path,
+            ..Config::default()
+        };
         let token = CancellationToken::new();
         runtime.spawn({
             let token = token.clone();

@@ -2,8 +2,8 @@
 //! [`FakeEngine`] in UI tests (state in, commands out), so every screen is tested
 //! without a network, a camera or a clock.
 
-use crate::engine::{Command, Engine, EngineEvent, EngineState};
 use crate::engine::stats::CallStats;
+use crate::engine::{Command, Engine, EngineEvent, EngineState};
 use crate::media::frame::RgbaFrame;
 use crate::session::machine::{Notice, Phase};
 use std::sync::{Arc, Mutex, PoisonError};

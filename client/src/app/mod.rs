@@ -13,8 +13,8 @@ mod ui;
 mod video;
 
 use crate::engine::{Command, EngineEvent, EngineState};
-use crate::session::machine::Phase;
 use crate::media::capture::DeviceInfo;
+use crate::session::machine::Phase;
 use chatlog::ChatLog;
 use handle::EngineHandle;
 use settings::Settings;
@@ -83,7 +83,11 @@ pub struct PeerStreamApp {
 }
 
 impl PeerStreamApp {
-    pub fn new(settings: Settings, engine: Box<dyn EngineHandle>, factory: Option<EngineFactory>) -> Self {
+    pub fn new(
+        settings: Settings,
+        engine: Box<dyn EngineHandle>,
+        factory: Option<EngineFactory>,
+    ) -> Self {
         let state = engine.state();
         let ui = UiState {
             at_home: true,

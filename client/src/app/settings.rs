@@ -90,7 +90,10 @@ mod tests {
             Settings::parse_interests(" Music, rust,,music , "),
             vec!["music".to_string(), "rust".to_string()]
         );
-        let many = (0..20).map(|i| format!("t{i}")).collect::<Vec<_>>().join(",");
+        let many = (0..20)
+            .map(|i| format!("t{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
         assert_eq!(Settings::parse_interests(&many).len(), 10);
     }
 

@@ -14,7 +14,8 @@ pub struct Textures {
 
 fn image(frame: &RgbaFrame) -> Option<egui::ColorImage> {
     let (w, h) = (frame.width as usize, frame.height as usize);
-    (frame.data.len() == w * h * 4).then(|| egui::ColorImage::from_rgba_unmultiplied([w, h], &frame.data))
+    (frame.data.len() == w * h * 4)
+        .then(|| egui::ColorImage::from_rgba_unmultiplied([w, h], &frame.data))
 }
 
 impl Textures {
@@ -24,7 +25,13 @@ impl Textures {
             if let Some(img) = image(&frame) {
                 match &mut self.remote {
                     Some(t) => t.set(img, egui::TextureOptions::LINEAR),
-                    None => self.remote = Some(ctx.load_texture("remote-video", img, egui::TextureOptions::LINEAR)),
+                    None => {
+                        self.remote = Some(ctx.load_texture(
+                            "remote-video",
+                            img,
+                            egui::TextureOptions::LINEAR,
+                        ))
+                    }
                 }
             }
         }
@@ -34,7 +41,13 @@ impl Textures {
                 if let Some(img) = image(&frame) {
                     match &mut self.local {
                         Some(t) => t.set(img, egui::TextureOptions::LINEAR),
-                        None => self.local = Some(ctx.load_texture("local-video", img, egui::TextureOptions::LINEAR)),
+                        None => {
+                            self.local = Some(ctx.load_texture(
+                                "local-video",
+                                img,
+                                egui::TextureOptions::LINEAR,
+                            ))
+                        }
                     }
                 }
             }

@@ -43,7 +43,14 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 
 fn peer(dir: &Path, port: u16, extra: &[String]) -> anyhow::Result<Child> {
     Ok(Command::new(dir.join("peer-stream"))
-        .args(["--headless", "--fake-media", "--udp-addr", "127.0.0.1:0", "--log", "warn"])
+        .args([
+            "--headless",
+            "--fake-media",
+            "--udp-addr",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+        ])
         .args(["--server", &format!("ws://127.0.0.1:{port}/ws")])
         .args(extra)
         .stdout(Stdio::piped())
@@ -53,7 +60,9 @@ fn peer(dir: &Path, port: u16, extra: &[String]) -> anyhow::Result<Child> {
 fn finish(child: Child) -> anyhow::Result<Value> {
     let out = child.wait_with_output()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    Ok(serde_json::from_str(text.lines().last().unwrap_or_default())?)
+    Ok(serde_json::from_str(
+        text.lines().last().unwrap_or_default(),
+    )?)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,7 +70,12 @@ fn main() -> anyhow::Result<()> {
     let dir = bin_dir()?;
     let db = std::env::temp_dir().join(format!("call-bench-{}.sqlite3", std::process::id()));
     let mut server = Command::new(dir.join("peer-stream-server"))
-        .args(["--listen", &format!("127.0.0.1:{}", args.port), "--log", "warn"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", args.port),
+            "--log",
+            "warn",
+        ])
         .args(["--rematch-cooldown-secs", "0", "--db"])
         .arg(&db)
         .spawn()
@@ -70,7 +84,16 @@ fn main() -> anyhow::Result<()> {
 
     // 1. Setup time over many matches: A skips 1.5 s after each call goes live.
     let secs = (args.matches as f64 * 2.2 + 4.0).to_string();
-    let a = peer(&dir, args.port, &["--duration".into(), secs.clone(), "--next-after".into(), "1.5".into()])?;
+    let a = peer(
+        &dir,
+        args.port,
+        &[
+            "--duration".into(),
+            secs.clone(),
+            "--next-after".into(),
+            "1.5".into(),
+        ],
+    )?;
     let b = peer(&dir, args.port, &["--duration".into(), secs])?;
     let (a, b) = (finish(a)?, finish(b)?);
     let mut setups = Vec::new();
@@ -91,8 +114,16 @@ fn main() -> anyhow::Result<()> {
     }
 
     // 2. CPU of one steady two-way call.
-    let a = peer(&dir, args.port, &["--duration".into(), (args.cpu_secs + 4).to_string()])?;
-    let b = peer(&dir, args.port, &["--duration".into(), (args.cpu_secs + 4).to_string()])?;
+    let a = peer(
+        &dir,
+        args.port,
+        &["--duration".into(), (args.cpu_secs + 4).to_string()],
+    )?;
+    let b = peer(
+        &dir,
+        args.port,
+        &["--duration".into(), (args.cpu_secs + 4).to_string()],
+    )?;
     std::thread::sleep(Duration::from_secs(3));
     let t0 = Instant::now();
     let start = [cpu_ticks(a.id()), cpu_ticks(b.id())];
@@ -114,7 +145,11 @@ fn main() -> anyhow::Result<()> {
 
     let p = |v: &[f64], q: f64| percentile(v, q).unwrap_or(f64::NAN);
     println!("matches measured           {}", setups.len());
-    println!("setup ms p50 / p99         {:.0} / {:.0}", p(&setups, 50.0), p(&setups, 99.0));
+    println!(
+        "setup ms p50 / p99         {:.0} / {:.0}",
+        p(&setups, 50.0),
+        p(&setups, 99.0)
+    );
     println!("latency ms p50 (per peer)  {latencies:?}");
     println!(
         "steady call latency ms     {:?} / {:?}",

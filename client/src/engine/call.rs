@@ -66,7 +66,11 @@ fn now_ms() -> u32 {
 impl Call {
     /// Builds the peer connection and starts the receive side; sending starts once
     /// the connection is up ([`Call::connected`]).
-    pub async fn start(match_id: String, settings: &PeerSettings, ctx: CallContext) -> anyhow::Result<Self> {
+    pub async fn start(
+        match_id: String,
+        settings: &PeerSettings,
+        ctx: CallContext,
+    ) -> anyhow::Result<Self> {
         let (events_tx, events) = mpsc::channel(256);
         let (video_tx, video_rx) = std::sync::mpsc::sync_channel::<ReceivedMedia>(16);
         let (audio_tx, audio_rx) = std::sync::mpsc::sync_channel::<ReceivedMedia>(64);
@@ -109,7 +113,10 @@ impl Call {
     }
 
     pub fn request_keyframe_from_us(&self) {
-        self.ctx.counters.keyframe_requests_received.fetch_add(1, Relaxed);
+        self.ctx
+            .counters
+            .keyframe_requests_received
+            .fetch_add(1, Relaxed);
         self.force_keyframe.store(true, Relaxed);
     }
 
@@ -246,7 +253,10 @@ impl Call {
         });
     }
 
-    fn spawn_video_decoder(&self, rx: std::sync::mpsc::Receiver<ReceivedMedia>) -> anyhow::Result<()> {
+    fn spawn_video_decoder(
+        &self,
+        rx: std::sync::mpsc::Receiver<ReceivedMedia>,
+    ) -> anyhow::Result<()> {
         let cancel = self.cancel.clone();
         let ctx = self.ctx.clone();
         let match_id = self.match_id.clone();
@@ -285,8 +295,9 @@ impl Call {
                     }
                     match decoder.decode(&media.data) {
                         Ok(Some(frame)) => {
-                            let stamp = pattern::read_stamp_rgba(&frame.data, frame.width, frame.height)
-                                .map(|s| (s.seq, f64::from(pattern::latency_ms(&s, now_ms()))));
+                            let stamp =
+                                pattern::read_stamp_rgba(&frame.data, frame.width, frame.height)
+                                    .map(|s| (s.seq, f64::from(pattern::latency_ms(&s, now_ms()))));
                             if cancel.is_cancelled() {
                                 break;
                             }
@@ -306,7 +317,10 @@ impl Call {
         Ok(())
     }
 
-    fn spawn_audio_decoder(&self, rx: std::sync::mpsc::Receiver<ReceivedMedia>) -> anyhow::Result<()> {
+    fn spawn_audio_decoder(
+        &self,
+        rx: std::sync::mpsc::Receiver<ReceivedMedia>,
+    ) -> anyhow::Result<()> {
         let cancel = self.cancel.clone();
         let ctx = self.ctx.clone();
         let match_id = self.match_id.clone();
@@ -330,7 +344,8 @@ impl Call {
                     // Conceal up to 100 ms of lost frames; the first missing one comes
                     // back from this packet's in-band FEC.
                     if let Some(prev) = last_ts {
-                        let gap = media.rtp_timestamp.wrapping_sub(prev) / AUDIO_FRAME_SAMPLES as u32;
+                        let gap =
+                            media.rtp_timestamp.wrapping_sub(prev) / AUDIO_FRAME_SAMPLES as u32;
                         if (2..=6).contains(&gap) {
                             for i in 1..gap {
                                 let pcm = if i == gap - 1 {

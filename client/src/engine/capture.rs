@@ -80,7 +80,7 @@ impl CaptureHub {
                         }
                         Err(e) => {
                             failures += 1;
-                            if failures == 1 || failures % 100 == 0 {
+                            if failures == 1 || failures.is_multiple_of(100) {
                                 tracing::warn!("video capture failed ({failures}x): {e:#}");
                             }
                             std::thread::sleep(std::time::Duration::from_millis(100));
@@ -107,7 +107,7 @@ impl CaptureHub {
                         }
                         Err(e) => {
                             failures += 1;
-                            if failures == 1 || failures % 100 == 0 {
+                            if failures == 1 || failures.is_multiple_of(100) {
                                 tracing::warn!("audio capture failed ({failures}x): {e:#}");
                             }
                             std::thread::sleep(std::time::Duration::from_millis(100));

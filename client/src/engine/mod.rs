@@ -63,7 +63,9 @@ impl EngineConfig {
 /// What the UI (or bot) asks of the engine.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
-    Start { interests: Vec<String> },
+    Start {
+        interests: Vec<String>,
+    },
     Next,
     Stop,
     SendChat(String),
@@ -82,7 +84,10 @@ pub enum EngineEvent {
     Phase(Phase),
     Notice(Notice),
     /// The server is unreachable; the next attempt is in `retry_in`.
-    ServerUnreachable { error: String, retry_in: Duration },
+    ServerUnreachable {
+        error: String,
+        retry_in: Duration,
+    },
     Stats(CallStats),
 }
 

@@ -101,10 +101,13 @@ pub struct PeerStats {
     pub bytes_received: u64,
 }
 
+/// The partner's video track and SSRC, once it arrived (for keyframe requests).
+type RemoteVideo = Arc<Mutex<Option<(Arc<dyn TrackRemote>, u32)>>>;
+
 struct Handler {
     events: mpsc::Sender<PeerEvent>,
     sinks: RemoteSinks,
-    remote_video: Arc<Mutex<Option<(Arc<dyn TrackRemote>, u32)>>>,
+    remote_video: RemoteVideo,
 }
 
 #[async_trait::async_trait]
@@ -160,7 +163,11 @@ impl PeerConnectionEventHandler for Handler {
 
 /// Rebuilds H.264 access units from RTP and hands them on. Runs in its own task so the
 /// track's bounded event queue never fills up behind a slow decoder.
-async fn receive_video(track: Arc<dyn TrackRemote>, ssrc: u32, sink: std::sync::mpsc::SyncSender<ReceivedMedia>) {
+async fn receive_video(
+    track: Arc<dyn TrackRemote>,
+    ssrc: u32,
+    sink: std::sync::mpsc::SyncSender<ReceivedMedia>,
+) {
     let mut builder = SampleBuilder::new(512, H264Packet::default(), 90_000);
     let mut want_keyframe = false;
     while let Some(event) = track.poll().await {
@@ -194,7 +201,10 @@ async fn receive_video(track: Arc<dyn TrackRemote>, ssrc: u32, sink: std::sync::
     tracing::debug!("remote video track ended");
 }
 
-async fn receive_audio(track: Arc<dyn TrackRemote>, sink: std::sync::mpsc::SyncSender<ReceivedMedia>) {
+async fn receive_audio(
+    track: Arc<dyn TrackRemote>,
+    sink: std::sync::mpsc::SyncSender<ReceivedMedia>,
+) {
     let mut builder = SampleBuilder::new(64, OpusPacket, 48_000);
     while let Some(event) = track.poll().await {
         match event {
@@ -241,7 +251,11 @@ fn opus_codec() -> RTCRtpCodec {
     }
 }
 
-fn local_track(kind: RtpCodecKind, codec: RTCRtpCodec, ssrc: u32) -> anyhow::Result<TrackLocalStaticSample> {
+fn local_track(
+    kind: RtpCodecKind,
+    codec: RTCRtpCodec,
+    ssrc: u32,
+) -> anyhow::Result<TrackLocalStaticSample> {
     let id = format!("peer-stream-{kind}-local");
     TrackLocalStaticSample::new(
         Instant::now(),
@@ -273,7 +287,11 @@ struct Outgoing {
 
 impl Outgoing {
     async fn payload_type(&self) -> anyhow::Result<PayloadType> {
-        if let Some(pt) = *self.payload_type.lock().unwrap_or_else(PoisonError::into_inner) {
+        if let Some(pt) = *self
+            .payload_type
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
             return Ok(pt);
         }
         let params = self
@@ -287,7 +305,10 @@ impl Outgoing {
             .first()
             .map(|c| c.payload_type)
             .ok_or_else(|| anyhow!("no codec negotiated yet"))?;
-        *self.payload_type.lock().unwrap_or_else(PoisonError::into_inner) = Some(pt);
+        *self
+            .payload_type
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(pt);
         Ok(pt)
     }
 
@@ -315,7 +336,7 @@ struct PeerInner {
     pc: Arc<dyn PeerConnection>,
     video: Outgoing,
     audio: Outgoing,
-    remote_video: Arc<Mutex<Option<(Arc<dyn TrackRemote>, u32)>>>,
+    remote_video: RemoteVideo,
     /// Candidates that arrived before the remote description; added once it is set.
     pending: Mutex<Vec<RTCIceCandidateInit>>,
     remote_set: AtomicBool,
@@ -336,7 +357,6 @@ impl Peer {
                 RTCRtpCodecParameters {
                     rtp_codec: h264_codec(),
                     payload_type: H264_PT,
-                    ..Default::default()
                 },
                 RtpCodecKind::Video,
             )
@@ -346,7 +366,6 @@ impl Peer {
                 RTCRtpCodecParameters {
                     rtp_codec: opus_codec(),
                     payload_type: OPUS_PT,
-                    ..Default::default()
                 },
                 RtpCodecKind::Audio,
             )
@@ -361,7 +380,6 @@ impl Peer {
                 urls: s.urls.clone(),
                 username: s.username.clone().unwrap_or_default(),
                 credential: s.credential.clone().unwrap_or_default(),
-                ..Default::default()
             })
             .collect();
         let config = RTCConfigurationBuilder::new()
@@ -547,13 +565,21 @@ impl Peer {
     }
 
     pub async fn stats(&self) -> PeerStats {
-        let report = self.inner.pc.get_stats(Instant::now(), StatsSelector::None).await;
+        let report = self
+            .inner
+            .pc
+            .get_stats(Instant::now(), StatsSelector::None)
+            .await;
         let mut out = PeerStats::default();
         let pair = report
             .candidate_pairs()
             .filter(|p| p.nominated)
             .max_by_key(|p| p.bytes_received + p.bytes_sent)
-            .or_else(|| report.candidate_pairs().max_by_key(|p| p.bytes_received + p.bytes_sent));
+            .or_else(|| {
+                report
+                    .candidate_pairs()
+                    .max_by_key(|p| p.bytes_received + p.bytes_sent)
+            });
         if let Some(pair) = pair {
             if pair.current_round_trip_time > 0.0 {
                 out.rtt_ms = Some(pair.current_round_trip_time * 1000.0);
@@ -588,7 +614,10 @@ impl Peer {
 }
 
 /// Turns PLI/FIR seen on our sending video track into `KeyframeRequested` events.
-async fn watch_keyframe_requests(track: Arc<TrackLocalStaticSample>, events: mpsc::Sender<PeerEvent>) {
+async fn watch_keyframe_requests(
+    track: Arc<TrackLocalStaticSample>,
+    events: mpsc::Sender<PeerEvent>,
+) {
     while let Some(event) = track.poll().await {
         if let TrackLocalEvent::OnRtcpPacket(_) = event {
             if events.send(PeerEvent::KeyframeRequested).await.is_err() {
@@ -602,7 +631,10 @@ async fn watch_keyframe_requests(track: Arc<TrackLocalStaticSample>, events: mps
 /// `0.0.0.0` would skip loopback, so list real addresses (and loopback as a fallback, so
 /// two apps on one machine without a network still connect).
 fn default_udp_addrs() -> Vec<String> {
-    let mut addrs: Vec<String> = super::lan_ip().map(|ip| format!("{ip}:0")).into_iter().collect();
+    let mut addrs: Vec<String> = super::lan_ip()
+        .map(|ip| format!("{ip}:0"))
+        .into_iter()
+        .collect();
     addrs.push("127.0.0.1:0".to_owned());
     addrs
 }

@@ -16,7 +16,10 @@ pub enum SignalingEvent {
     Message(ServerMessage),
     /// The connection dropped (or could not be made); `retry_in` is the wait before the
     /// next attempt, so the UI can show a countdown.
-    Lost { error: String, retry_in: Duration },
+    Lost {
+        error: String,
+        retry_in: Duration,
+    },
 }
 
 /// Exponential backoff with jitter: 0.5 s, 1 s, 2 s … capped at 10 s, each ±25 %.

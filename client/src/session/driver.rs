@@ -161,7 +161,12 @@ impl Driver {
         })
     }
 
-    async fn execute(&mut self, output: Output, call: &mut Option<Call>, out_tx: &mpsc::Sender<ClientMessage>) {
+    async fn execute(
+        &mut self,
+        output: Output,
+        call: &mut Option<Call>,
+        out_tx: &mpsc::Sender<ClientMessage>,
+    ) {
         match output {
             Output::Send(msg) => {
                 if let ClientMessage::Chat { .. } = &msg {
@@ -197,7 +202,10 @@ impl Driver {
                     Ok(c) => {
                         if role == Role::Offerer {
                             match c.peer.create_offer().await {
-                                Ok(sdp) => send_signal(out_tx, &match_id, &SignalPayload::Offer { sdp }).await,
+                                Ok(sdp) => {
+                                    send_signal(out_tx, &match_id, &SignalPayload::Offer { sdp })
+                                        .await
+                                }
                                 Err(e) => tracing::error!("cannot create an offer: {e:#}"),
                             }
                         }
@@ -225,7 +233,8 @@ impl Driver {
                 let result = match signal {
                     SignalPayload::Offer { sdp } => match c.peer.accept_offer(sdp).await {
                         Ok(answer) => {
-                            send_signal(out_tx, &match_id, &SignalPayload::Answer { sdp: answer }).await;
+                            send_signal(out_tx, &match_id, &SignalPayload::Answer { sdp: answer })
+                                .await;
                             Ok(())
                         }
                         Err(e) => Err(e),
@@ -235,7 +244,11 @@ impl Driver {
                         candidate,
                         sdp_mid,
                         sdp_mline_index,
-                    } => c.peer.add_remote_candidate(candidate, sdp_mid, sdp_mline_index).await,
+                    } => {
+                        c.peer
+                            .add_remote_candidate(candidate, sdp_mid, sdp_mline_index)
+                            .await
+                    }
                 };
                 if let Err(e) = result {
                     tracing::warn!("signal for {match_id} failed: {e:#}");
@@ -274,7 +287,11 @@ impl Driver {
     }
 }
 
-async fn send_signal(out: &mpsc::Sender<ClientMessage>, match_id: &MatchId, payload: &SignalPayload) {
+async fn send_signal(
+    out: &mpsc::Sender<ClientMessage>,
+    match_id: &MatchId,
+    payload: &SignalPayload,
+) {
     match serde_json::to_value(payload) {
         Ok(payload) => {
             let _ = out

@@ -84,7 +84,10 @@ pub enum Output {
         ice_servers: Vec<IceServer>,
     },
     /// Hand a relayed signal payload to the peer connection of `match_id`.
-    PeerSignal { match_id: MatchId, payload: Value },
+    PeerSignal {
+        match_id: MatchId,
+        payload: Value,
+    },
     /// Tear the peer connection down (if any).
     StopPeer,
     /// Something for the user: chat, typing, system lines, errors.
@@ -94,16 +97,24 @@ pub enum Output {
 /// Things the UI shows besides the phase.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Notice {
-    Chat { from_me: bool, text: String },
+    Chat {
+        from_me: bool,
+        text: String,
+    },
     StrangerTyping(bool),
     /// A system line such as "You both like: music".
     System(String),
     /// The server refused something.
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
     /// Welcome from the server: how many people are online.
     Online(u64),
     /// A new match began (common interests).
-    Matched { common_interests: Vec<String> },
+    Matched {
+        common_interests: Vec<String>,
+    },
 }
 
 #[derive(Debug)]
@@ -482,13 +493,24 @@ mod tests {
         drain(&mut s);
         matched(&mut s, "m1", Role::Offerer);
         let outs = drain(&mut s);
-        assert!(outs.iter().any(|o| matches!(o, Output::StartPeer { role: Role::Offerer, .. })));
-        assert!(outs
-            .iter()
-            .any(|o| matches!(o, Output::Notify(Notice::System(t)) if t == "You both like: music")));
+        assert!(outs.iter().any(|o| matches!(
+            o,
+            Output::StartPeer {
+                role: Role::Offerer,
+                ..
+            }
+        )));
+        assert!(outs.iter().any(
+            |o| matches!(o, Output::Notify(Notice::System(t)) if t == "You both like: music")
+        ));
         assert!(matches!(s.phase(), Phase::Connecting { .. }));
         s.handle(Input::PeerConnected("m1".into()));
-        assert_eq!(s.phase(), &Phase::Live { match_id: "m1".into() });
+        assert_eq!(
+            s.phase(),
+            &Phase::Live {
+                match_id: "m1".into()
+            }
+        );
 
         s.handle(Input::SendChat("  hi there ".into()));
         assert_eq!(
@@ -561,7 +583,12 @@ mod tests {
         let outs = drain(&mut s);
         assert!(outs.contains(&Output::StopPeer));
         assert_eq!(sends(&outs), vec![ClientMessage::Leave]);
-        assert_eq!(s.phase(), &Phase::Ended { reason: EndReason::WeLeft });
+        assert_eq!(
+            s.phase(),
+            &Phase::Ended {
+                reason: EndReason::WeLeft
+            }
+        );
         // A match that arrives after Stop is left at once.
         matched(&mut s, "m3", Role::Answerer);
         assert_eq!(sends(&drain(&mut s)), vec![ClientMessage::Leave]);
@@ -570,7 +597,9 @@ mod tests {
     #[test]
     fn server_loss_rejoins_after_reconnect() {
         let mut s = welcomed();
-        s.handle(Input::Start { interests: vec!["go".into()] });
+        s.handle(Input::Start {
+            interests: vec!["go".into()],
+        });
         matched(&mut s, "m1", Role::Offerer);
         drain(&mut s);
         s.handle(Input::ServerLost);

@@ -4,7 +4,7 @@
 
 use super::{primary_button, PeerStreamApp, ACCENT};
 use crate::app::chatlog::Speaker;
-use crate::app::{REPORT_REASONS};
+use crate::app::REPORT_REASONS;
 use crate::engine::stats::CallStats;
 use crate::engine::Command;
 use crate::session::machine::{EndReason, Phase};
@@ -28,7 +28,11 @@ fn centered_message(ui: &mut egui::Ui, rect: egui::Rect, text: &str) {
     let area = egui::Rect::from_center_size(rect.center(), egui::vec2(rect.width(), 40.0));
     ui.put(
         area,
-        egui::Label::new(egui::RichText::new(text).size(22.0).color(egui::Color32::from_gray(220))),
+        egui::Label::new(
+            egui::RichText::new(text)
+                .size(22.0)
+                .color(egui::Color32::from_gray(220)),
+        ),
     );
 }
 
@@ -48,26 +52,50 @@ pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context, now: Instant) {
                     }
                 }
                 _ => {
-                    let label = if armed { "Really? Press again" } else { "Next (Esc)" };
+                    let label = if armed {
+                        "Really? Press again"
+                    } else {
+                        "Next (Esc)"
+                    };
                     if primary_button(ui, label).clicked() {
                         app.press_next(now);
                     }
                 }
             }
-            if ui.add(egui::Button::new("Stop").min_size(egui::vec2(80.0, 40.0))).clicked() {
+            if ui
+                .add(egui::Button::new("Stop").min_size(egui::vec2(80.0, 40.0)))
+                .clicked()
+            {
                 app.stop();
             }
             ui.separator();
-            let mic = if st.mic_muted { "Unmute mic" } else { "Mute mic" };
-            if ui.add(egui::Button::new(mic).selected(st.mic_muted)).clicked() {
+            let mic = if st.mic_muted {
+                "Unmute mic"
+            } else {
+                "Mute mic"
+            };
+            if ui
+                .add(egui::Button::new(mic).selected(st.mic_muted))
+                .clicked()
+            {
                 app.send(Command::SetMicMuted(!st.mic_muted));
             }
-            let cam = if st.camera_off { "Camera on" } else { "Camera off" };
-            if ui.add(egui::Button::new(cam).selected(st.camera_off)).clicked() {
+            let cam = if st.camera_off {
+                "Camera on"
+            } else {
+                "Camera off"
+            };
+            if ui
+                .add(egui::Button::new(cam).selected(st.camera_off))
+                .clicked()
+            {
                 app.send(Command::SetCameraOff(!st.camera_off));
             }
             let can_report = in_call || matches!(st.phase, Phase::Ended { .. });
-            if ui.add_enabled(can_report, egui::Button::new("Report")).clicked() {
+            if ui
+                .add_enabled(can_report, egui::Button::new("Report"))
+                .clicked()
+            {
                 app.ui.report_open = true;
             }
             ui.separator();
@@ -103,14 +131,31 @@ pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context, now: Instant) {
                     None => centered_message(ui, rect, "Connecting to the stranger…"),
                 },
                 Phase::Searching { waiting } => {
-                    let online = st.online.map(|n| format!(" — {n} online")).unwrap_or_default();
-                    let waiting = if *waiting > 1 { format!(", {waiting} waiting") } else { String::new() };
-                    centered_message(ui, rect, &format!("Looking for a stranger…{online}{waiting}"));
+                    let online = st
+                        .online
+                        .map(|n| format!(" — {n} online"))
+                        .unwrap_or_default();
+                    let waiting = if *waiting > 1 {
+                        format!(", {waiting} waiting")
+                    } else {
+                        String::new()
+                    };
+                    centered_message(
+                        ui,
+                        rect,
+                        &format!("Looking for a stranger…{online}{waiting}"),
+                    );
                     ui.put(
-                        egui::Rect::from_center_size(rect.center() + egui::vec2(0.0, 50.0), egui::vec2(40.0, 40.0)),
+                        egui::Rect::from_center_size(
+                            rect.center() + egui::vec2(0.0, 50.0),
+                            egui::vec2(40.0, 40.0),
+                        ),
                         egui::Spinner::new().size(32.0),
                     );
-                    let cancel = egui::Rect::from_center_size(rect.center() + egui::vec2(0.0, 110.0), egui::vec2(120.0, 36.0));
+                    let cancel = egui::Rect::from_center_size(
+                        rect.center() + egui::vec2(0.0, 110.0),
+                        egui::vec2(120.0, 36.0),
+                    );
                     if ui.put(cancel, egui::Button::new("Cancel")).clicked() {
                         app.stop();
                     }
@@ -139,7 +184,12 @@ pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context, now: Instant) {
                         egui::vec2(w, w * 0.75),
                     );
                     egui::Image::new(tex).corner_radius(6.0).paint_at(ui, pip);
-                    ui.painter().rect_stroke(pip, 6.0, egui::Stroke::new(2.0, ACCENT), egui::StrokeKind::Outside);
+                    ui.painter().rect_stroke(
+                        pip,
+                        6.0,
+                        egui::Stroke::new(2.0, ACCENT),
+                        egui::StrokeKind::Outside,
+                    );
                 }
             }
             if app.ui.show_stats {
@@ -169,10 +219,14 @@ fn stats_overlay(ui: &mut egui::Ui, rect: egui::Rect, s: &CallStats) {
         }
     );
     let pos = rect.left_top() + egui::vec2(12.0, 12.0);
-    let galley = ui.painter().layout_no_wrap(text, egui::FontId::monospace(13.0), egui::Color32::WHITE);
+    let galley =
+        ui.painter()
+            .layout_no_wrap(text, egui::FontId::monospace(13.0), egui::Color32::WHITE);
     let bg = egui::Rect::from_min_size(pos, galley.size() + egui::vec2(16.0, 12.0));
-    ui.painter().rect_filled(bg, 6.0, egui::Color32::from_black_alpha(170));
-    ui.painter().galley(pos + egui::vec2(8.0, 6.0), galley, egui::Color32::WHITE);
+    ui.painter()
+        .rect_filled(bg, 6.0, egui::Color32::from_black_alpha(170));
+    ui.painter()
+        .galley(pos + egui::vec2(8.0, 6.0), galley, egui::Color32::WHITE);
 }
 
 fn chat_panel(app: &mut PeerStreamApp, ui: &mut egui::Ui, in_call: bool, now: Instant) {
@@ -191,7 +245,8 @@ fn chat_panel(app: &mut PeerStreamApp, ui: &mut egui::Ui, in_call: bool, now: In
                     Speaker::Stranger => egui::RichText::new(format!("Stranger: {}", line.text))
                         .color(egui::Color32::from_rgb(0xe0, 0x5a, 0x47)),
                     Speaker::System => egui::RichText::new(&line.text).italics().weak(),
-                    Speaker::Error => egui::RichText::new(&line.text).color(egui::Color32::from_rgb(0xd9, 0x53, 0x4f)),
+                    Speaker::Error => egui::RichText::new(&line.text)
+                        .color(egui::Color32::from_rgb(0xd9, 0x53, 0x4f)),
                 };
                 ui.add(egui::Label::new(text).wrap());
             }
@@ -203,7 +258,11 @@ fn chat_panel(app: &mut PeerStreamApp, ui: &mut egui::Ui, in_call: bool, now: In
     ui.horizontal(|ui| {
         let label = ui.label("Message");
         let edit = egui::TextEdit::singleline(&mut app.ui.chat_input)
-            .hint_text(if in_call { "Type a message…" } else { "Chat opens when you meet someone" })
+            .hint_text(if in_call {
+                "Type a message…"
+            } else {
+                "Chat opens when you meet someone"
+            })
             .char_limit(peer_stream_shared::limits::MAX_CHAT_CHARS)
             .desired_width(ui.available_width() - 60.0);
         let response = ui.add_enabled(in_call, edit).labelled_by(label.id);

@@ -4,7 +4,13 @@
 use super::{primary_button, PeerStreamApp};
 use crate::media::capture::{list_cameras, list_microphones, list_speakers, DeviceInfo};
 
-fn device_picker(ui: &mut egui::Ui, label: &str, id: &str, devices: &[DeviceInfo], choice: &mut Option<usize>) {
+fn device_picker(
+    ui: &mut egui::Ui,
+    label: &str,
+    id: &str,
+    devices: &[DeviceInfo],
+    choice: &mut Option<usize>,
+) {
     ui.label(label);
     let selected = match choice {
         Some(i) => devices
@@ -36,15 +42,24 @@ pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context) {
             let size = egui::vec2(avail, avail * 0.75);
             match (&app.video.local, st.camera_off) {
                 (Some(tex), false) => {
-                    ui.add(egui::Image::new(tex).fit_to_exact_size(size).corner_radius(8.0));
+                    ui.add(
+                        egui::Image::new(tex)
+                            .fit_to_exact_size(size)
+                            .corner_radius(8.0),
+                    );
                 }
                 _ => {
                     let (rect, _) = ui.allocate_exact_size(size, egui::Sense::hover());
-                    ui.painter().rect_filled(rect, 8.0, egui::Color32::from_gray(30));
+                    ui.painter()
+                        .rect_filled(rect, 8.0, egui::Color32::from_gray(30));
                     ui.painter().text(
                         rect.center(),
                         egui::Align2::CENTER_CENTER,
-                        if st.camera_off { "Camera off" } else { "Starting camera…" },
+                        if st.camera_off {
+                            "Camera off"
+                        } else {
+                            "Starting camera…"
+                        },
                         egui::FontId::proportional(18.0),
                         egui::Color32::LIGHT_GRAY,
                     );
@@ -52,9 +67,11 @@ pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context) {
             }
             if st.video_synthetic {
                 ui.label(
-                    egui::RichText::new("Test pattern — no camera found (or the test pattern is selected)")
-                        .italics()
-                        .weak(),
+                    egui::RichText::new(
+                        "Test pattern — no camera found (or the test pattern is selected)",
+                    )
+                    .italics()
+                    .weak(),
                 );
             } else {
                 ui.label(egui::RichText::new(format!("Camera: {}", st.video_source)).weak());
@@ -65,7 +82,13 @@ pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context) {
                 ui.add(egui::ProgressBar::new((level * 4.0).min(1.0)).desired_width(200.0));
             });
             if st.audio_synthetic {
-                ui.label(egui::RichText::new("Test tone — no microphone found (or the test tone is selected)").italics().weak());
+                ui.label(
+                    egui::RichText::new(
+                        "Test tone — no microphone found (or the test tone is selected)",
+                    )
+                    .italics()
+                    .weak(),
+                );
             }
 
             let ui = &mut cols[1];
@@ -79,13 +102,30 @@ pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context) {
                         (list_cameras(), list_microphones(), list_speakers())
                     });
                     device_picker(ui, "Camera", "camera", &devices.0, &mut app.settings.camera);
-                    device_picker(ui, "Microphone", "mic", &devices.1, &mut app.settings.microphone);
-                    device_picker(ui, "Speaker", "speaker", &devices.2, &mut app.settings.speaker);
+                    device_picker(
+                        ui,
+                        "Microphone",
+                        "mic",
+                        &devices.1,
+                        &mut app.settings.microphone,
+                    );
+                    device_picker(
+                        ui,
+                        "Speaker",
+                        "speaker",
+                        &devices.2,
+                        &mut app.settings.speaker,
+                    );
                     ui.label("Test pattern");
-                    ui.checkbox(&mut app.settings.use_test_pattern, "Send a test pattern and tone instead");
+                    ui.checkbox(
+                        &mut app.settings.use_test_pattern,
+                        "Send a test pattern and tone instead",
+                    );
                     ui.end_row();
                     ui.label("Volume");
-                    ui.add(egui::Slider::new(&mut app.settings.volume, 0.0..=2.0).show_value(false));
+                    ui.add(
+                        egui::Slider::new(&mut app.settings.volume, 0.0..=2.0).show_value(false),
+                    );
                     ui.end_row();
                     ui.label("Interests");
                     ui.add(
@@ -102,10 +142,16 @@ pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context) {
                     );
                     ui.end_row();
                     ui.label("");
-                    ui.checkbox(&mut app.settings.host_on_lan, "Host a server on this computer");
+                    ui.checkbox(
+                        &mut app.settings.host_on_lan,
+                        "Host a server on this computer",
+                    );
                     ui.end_row();
                     ui.label("");
-                    ui.checkbox(&mut app.settings.auto_requeue, "Find a new stranger when one leaves");
+                    ui.checkbox(
+                        &mut app.settings.auto_requeue,
+                        "Find a new stranger when one leaves",
+                    );
                     ui.end_row();
                 });
             let note = app
@@ -118,7 +164,11 @@ pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context) {
             }
             ui.add_space(16.0);
             let can_start = app.settings.accepted_notice;
-            if ui.add_enabled_ui(can_start, |ui| primary_button(ui, "Start")).inner.clicked() {
+            if ui
+                .add_enabled_ui(can_start, |ui| primary_button(ui, "Start"))
+                .inner
+                .clicked()
+            {
                 app.start();
             }
             ui.add_space(8.0);

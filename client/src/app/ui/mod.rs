@@ -51,8 +51,12 @@ pub fn top_bar(app: &mut PeerStreamApp, ctx: &egui::Context) {
 /// A big, colored button for the main action of a screen.
 pub fn primary_button(ui: &mut egui::Ui, text: &str) -> egui::Response {
     ui.add(
-        egui::Button::new(egui::RichText::new(text).size(18.0).color(egui::Color32::WHITE))
-            .fill(ACCENT)
-            .min_size(egui::vec2(160.0, 40.0)),
+        egui::Button::new(
+            egui::RichText::new(text)
+                .size(18.0)
+                .color(egui::Color32::WHITE),
+        )
+        .fill(ACCENT)
+        .min_size(egui::vec2(160.0, 40.0)),
     )
 }

@@ -16,7 +16,9 @@ pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context) {
              matched with. The server only pairs you and relays connection setup and chat \
              text; it never sees your video or audio.",
         );
-        ui.label("• Your IP address is visible to the stranger's app, as with any peer-to-peer call.");
+        ui.label(
+            "• Your IP address is visible to the stranger's app, as with any peer-to-peer call.",
+        );
         ui.add_space(10.0);
         if primary_button(ui, "I am 18+ and agree").clicked() {
             app.settings.accepted_notice = true;
