@@ -75,6 +75,7 @@ pub fn run(opts: GuiOptions, base: EngineConfig) -> anyhow::Result<()> {
             if !opts.interests.is_empty() {
                 settings.interests = opts.interests.clone();
             }
+            peer_stream::app::install_fonts(&cc.egui_ctx);
             let ctx = cc.egui_ctx.clone();
             let repaint: Arc<dyn Fn() + Send + Sync> = Arc::new(move || ctx.request_repaint());
             let hosting_note: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));

@@ -9,7 +9,8 @@
 //! Chromium is required: without it these tests fail (install Debian's `chromium`;
 //! `scripts/deps.sh --test` does). `PEER_STREAM_CHROMIUM` points at another binary;
 //! `PEER_STREAM_CHROMIUM_LOG=1` shows Chromium's own log; `PEER_STREAM_SCREENSHOT_DIR`
-//! makes the browser/desktop call save screenshots (light and dark) there.
+//! makes the browser/desktop call save screenshots (light and dark) there;
+//! `PEER_STREAM_BROWSER_CONSOLE=1` prints what the pages logged.
 //!
 //! The browser and the desktop peer are CPU-heavy, so the tests run one at a time.
 
@@ -515,6 +516,9 @@ impl Chromium {
 impl Chromium {
     /// Fails if any page threw, logged an error or broke its Content-Security-Policy.
     fn assert_clean(&self) {
+        if std::env::var_os("PEER_STREAM_BROWSER_CONSOLE").is_some() {
+            eprintln!("browser console:\n{}", self.cdp.console_dump());
+        }
         let problems = self.cdp.problems();
         assert!(
             problems.is_empty(),

@@ -547,6 +547,7 @@
   function retryMedia() {
     s.mediaReady = acquireMedia().then((stream) => {
       if (stream) setLocalStream(stream);
+      el.localOff.hidden = !!localTrack('video');
       return stream;
     });
   }

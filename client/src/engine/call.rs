@@ -17,7 +17,7 @@ use crate::media::pattern;
 use crate::media::playback::AudioSink;
 use crate::net::peer::{Peer, PeerEvent, PeerSettings, ReceivedMedia, RemoteSinks};
 use bytes::Bytes;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -52,6 +52,8 @@ pub struct Call {
     pub events: mpsc::Receiver<PeerEvent>,
     cancel: CancellationToken,
     force_keyframe: Arc<AtomicBool>,
+    /// The encoder's bitrate target (bits/s), adjusted from the partner's loss reports.
+    bitrate: Arc<AtomicU32>,
     sending: bool,
     ctx: CallContext,
 }
@@ -91,6 +93,7 @@ impl Call {
             events,
             cancel,
             force_keyframe: Arc::new(AtomicBool::new(true)),
+            bitrate: Arc::new(AtomicU32::new(ctx.video.bitrate_bps)),
             sending: false,
             ctx,
         };
@@ -110,6 +113,11 @@ impl Call {
             tracing::error!("cannot start video sending: {e:#}");
         }
         self.spawn_audio_sender();
+    }
+
+    /// Retargets the video encoder (applied before the next frame).
+    pub fn set_bitrate(&self, bps: u32) {
+        self.bitrate.store(bps, Relaxed);
     }
 
     pub fn request_keyframe_from_us(&self) {
@@ -132,6 +140,7 @@ impl Call {
         let v = self.ctx.video.clone();
         let cancel = self.cancel.clone();
         let force = Arc::clone(&self.force_keyframe);
+        let bitrate = Arc::clone(&self.bitrate);
         let counters = Arc::clone(&self.ctx.counters);
         let rt = tokio::runtime::Handle::current();
         std::thread::Builder::new()
@@ -156,6 +165,13 @@ impl Call {
                     let Some(frame) = frames.borrow_and_update().clone() else {
                         continue;
                     };
+                    let target = bitrate.load(Relaxed);
+                    if target != encoder.settings().bitrate_bps {
+                        match encoder.set_bitrate(target) {
+                            Ok(_) => tracing::debug!(target, "video bitrate adapted"),
+                            Err(e) => tracing::warn!("cannot change the bitrate: {e:#}"),
+                        }
+                    }
                     if force.swap(false, Relaxed) {
                         encoder.force_keyframe();
                     }

@@ -3,6 +3,7 @@
 //! It never blocks its caller: commands are queued, state is a snapshot behind a
 //! short lock, and the work happens on the tokio runtime and media threads.
 
+pub mod bitrate;
 pub mod call;
 pub mod capture;
 pub mod stats;

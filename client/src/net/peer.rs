@@ -99,6 +99,8 @@ pub struct PeerStats {
     pub packets_lost: i64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Fraction of our video packets the partner reported lost (RTCP receiver report).
+    pub video_fraction_lost: Option<f64>,
 }
 
 /// The partner's video track and SSRC, once it arrived (for keyframe requests).
@@ -594,6 +596,16 @@ impl Peer {
                 }
                 _ => None,
             });
+        }
+        for entry in report.iter() {
+            if let rtc::statistics::report::RTCStatsReportEntry::RemoteInboundRtp(s) = entry {
+                if s.received_rtp_stream_stats.rtp_stream_stats.kind == RtpCodecKind::Video {
+                    out.video_fraction_lost = Some(s.fraction_lost);
+                    if out.rtt_ms.is_none() && s.round_trip_time > 0.0 {
+                        out.rtt_ms = Some(s.round_trip_time * 1000.0);
+                    }
+                }
+            }
         }
         out.packets_lost = report
             .inbound_rtp_streams()

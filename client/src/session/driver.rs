@@ -2,6 +2,7 @@
 //! session machine with what they report. It is the only place where protocol, peer
 //! connection and media meet; every decision is the machine's.
 
+use crate::engine::bitrate::BitrateController;
 use crate::engine::call::{Call, CallContext};
 use crate::engine::capture::CaptureHub;
 use crate::engine::stats::{CallStats, Counters, StatsSnapshot};
@@ -55,6 +56,8 @@ impl Driver {
         let mut stats_tick = tokio::time::interval(Duration::from_secs(1));
         let mut last_snapshot: Option<StatsSnapshot> = None;
         let mut last_phase = Phase::Offline;
+        let mut bitrate = BitrateController::new(self.config.video_settings.bitrate_bps);
+        let mut bitrate_call: Option<String> = None;
 
         loop {
             tokio::select! {
@@ -99,7 +102,18 @@ impl Driver {
                 }
                 _ = stats_tick.tick() => {
                     if let Some(c) = &call {
-                        self.counters.set_peer_stats(c.peer.stats().await);
+                        if bitrate_call.as_deref() != Some(c.match_id.as_str()) {
+                            // A new call starts from the full target again.
+                            bitrate = BitrateController::new(self.config.video_settings.bitrate_bps);
+                            bitrate_call = Some(c.match_id.clone());
+                        }
+                        let stats = c.peer.stats().await;
+                        if let Some(loss) = stats.video_fraction_lost {
+                            if let Some(bps) = bitrate.on_report(loss) {
+                                c.set_bitrate(bps);
+                            }
+                        }
+                        self.counters.set_peer_stats(stats);
                     }
                     let snap = self.counters.snapshot();
                     if let Some(old) = &last_snapshot {
@@ -200,6 +214,7 @@ impl Driver {
                 };
                 match Call::start(match_id.0.clone(), &settings, ctx).await {
                     Ok(c) => {
+                        c.set_bitrate(self.config.video_settings.bitrate_bps);
                         if role == Role::Offerer {
                             match c.peer.create_offer().await {
                                 Ok(sdp) => {
