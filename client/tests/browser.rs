@@ -31,7 +31,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-static SERIAL: Mutex<()> = Mutex::new(());
+/// One test at a time (an async mutex: the guard is held across awaits).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Every test is cut off after this long (the guards then kill what it started).
 const TEST_LIMIT: Duration = Duration::from_secs(100);
@@ -54,11 +55,13 @@ async fn start_server(rematch_cooldown_secs: u64) -> Server {
 /// server gets its old port back.
 async fn start_server_on(port: u16, rematch_cooldown_secs: u64) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::default();
-    cfg.db_path = dir.path().join("test.sqlite3");
-    cfg.heartbeat_interval_ms = 500;
-    cfg.heartbeat_timeout_ms = 3000;
-    cfg.rematch_cooldown_secs = rematch_cooldown_secs;
+    let cfg = Config {
+        db_path: dir.path().join("test.sqlite3"),
+        heartbeat_interval_ms: 500,
+        heartbeat_timeout_ms: 3000,
+        rematch_cooldown_secs,
+        ..Config::default()
+    };
     let mut listener = None;
     for _ in 0..100 {
         match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
@@ -895,14 +898,14 @@ async fn limited(fut: impl std::future::Future<Output = ()>) {
 /// engine answers (the rtc#213 payload-type trap would show here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_offers_to_a_desktop_peer() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     limited(browser_meets_desktop(true)).await;
 }
 
 /// The desktop peer waits first: our engine offers, Chromium answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn desktop_offers_to_a_browser() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     limited(browser_meets_desktop(false)).await;
 }
 
@@ -910,7 +913,7 @@ async fn desktop_offers_to_a_browser() {
 /// hear and chat with each other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_browsers_meet_through_the_server() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     limited(async {
         let started = Instant::now();
         let server = start_server(600).await;
@@ -986,7 +989,7 @@ async fn two_browsers_meet_through_the_server() {
 /// (receive-only). At the end the server restarts and a waiting page finds it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn next_stop_and_report_in_the_page() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     limited(async {
         let started = Instant::now();
         // No cooldown: the same two pages may meet again after a skip.
@@ -999,6 +1002,20 @@ async fn next_stop_and_report_in_the_page() {
         assert_eq!(a.eval("peerStream.media.problem").await, "denied");
         assert!(a.visible("local-off").await, "A's preview says the camera is off");
         let b = chrome.open("B", &server.page_url("autostart=1")).await;
+
+        // The page runs under its Content-Security-Policy (an inline script is refused),
+        // and the violation reaches the log that `assert_clean` checks at the end.
+        let inline = "(() => { const s = document.createElement('script'); \
+                      s.textContent = 'window.inlineRan = true'; document.head.append(s); \
+                      return window.inlineRan === true ? 'ran' : 'blocked'; })()";
+        assert_eq!(b.eval(inline).await, "blocked");
+        let start = Instant::now();
+        while chrome.cdp.problems().is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(5), "no CSP report logged");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        chrome.cdp.console.lock().unwrap().clear();
+
         let both_chatting = "peerStream.state === 'chatting' && peerStream.matchId";
         let m1 = a.wait_for("a match", both_chatting, Duration::from_secs(20)).await;
         assert_eq!(b.wait_for("a match", both_chatting, Duration::from_secs(20)).await, m1);

@@ -4,7 +4,7 @@
 #![allow(clippy::print_stderr)]
 
 use peer_stream::media::codec::h264::{
-    nal_types, H264Decoder, H264Encoder, NAL_IDR, NAL_PPS, NAL_SPS,
+    nal_types, nal_units, H264Decoder, H264Encoder, NAL_IDR, NAL_PPS, NAL_SPS,
 };
 use peer_stream::media::codec::opus::{OpusDecoder, OpusEncoder};
 use peer_stream::media::convert::psnr;
@@ -83,8 +83,57 @@ fn h264_round_trip_keeps_stamps_quality_and_bitrate() {
     );
     assert!(decoded >= 55, "only {decoded} of {frames} frames came out");
     assert!(keyframes >= 1);
-    assert!(min_psnr >= 30.0, "min PSNR {min_psnr:.1} dB");
-    assert!(kbps < 3.0 * f64::from(BITRATE) / 1000.0, "{kbps:.0} kb/s");
+    // Measured on the pattern: min 48.8 dB, mean 54.3 dB; 996 kb/s.
+    assert!(min_psnr >= 40.0, "min PSNR {min_psnr:.1} dB");
+    let target = f64::from(BITRATE) / 1000.0;
+    assert!(
+        kbps > 0.3 * target && kbps < 1.5 * target,
+        "{kbps:.0} kb/s for {target} kb/s"
+    );
+}
+
+#[test]
+fn h264_stamps_survive_a_starved_encoder() {
+    // 200 kb/s at 640x480 is far below what a call should use; the stamp must still
+    // read back on every frame that comes out.
+    let mut enc = H264Encoder::new(W, H, FPS, 200_000).expect("encoder");
+    let mut dec = H264Decoder::new().expect("decoder");
+    let mut read = 0;
+    for seq in 0..45u64 {
+        let src = pattern::render(seq, capture_us(seq), W, H);
+        if let Some(out) = enc.encode(&src).expect("encode") {
+            let rgba = dec.decode(&out.data).expect("decode").expect("picture");
+            let stamp = read_stamp_rgba(&rgba.data, W, H).expect("stamp");
+            assert_eq!(u64::from(stamp.seq), seq);
+            read += 1;
+        }
+    }
+    assert!(read >= 30, "{read} frames out of 45");
+}
+
+#[test]
+fn h264_sps_says_constrained_baseline() {
+    for (w, h, level) in [(640u32, 480u32, 30u8), (1280, 720, 31)] {
+        let mut enc = H264Encoder::new(w, h, FPS, BITRATE).expect("encoder");
+        let out = enc
+            .encode(&pattern::render(0, capture_us(0), w, h))
+            .expect("encode")
+            .expect("first frame");
+        let sps = nal_units(&out.data)
+            .find(|n| n.first().map(|b| b & 0x1f) == Some(NAL_SPS))
+            .expect("SPS");
+        eprintln!(
+            "{w}x{h}: SPS profile-level-id {:02x}{:02x}{:02x}",
+            sps[1], sps[2], sps[3]
+        );
+        assert_eq!(sps[1], 66, "profile_idc Baseline");
+        assert_ne!(
+            sps[2] & 0x40,
+            0,
+            "constraint_set1_flag (Constrained Baseline)"
+        );
+        assert!(sps[3] >= level, "level {} too low for {w}x{h}@30", sps[3]);
+    }
 }
 
 #[test]
@@ -117,7 +166,7 @@ fn h264_force_keyframe_and_periodic_keyframes() {
 #[test]
 fn h264_set_bitrate_recreates_encoder_and_lowers_rate() {
     let mut enc = H264Encoder::new(W, H, FPS, 2_000_000).expect("encoder");
-    let mut count = |enc: &mut H264Encoder, from: u64| {
+    let count = |enc: &mut H264Encoder, from: u64| {
         let mut bytes = 0;
         for seq in from..from + 30 {
             if let Some(out) = enc

@@ -23,6 +23,7 @@
   const TYPING_IDLE_MS = 3000;
   const STRANGER_TYPING_MAX_MS = 15000;
   const RETRY_MAX_MS = 15000;
+  const CONNECT_TIMEOUT_MS = 15000;
 
   const $ = (id) => document.getElementById(id);
   const el = {
@@ -86,6 +87,8 @@
     commonInterests: [],
     iceServers: [],
     pc: null,
+    connectTimer: null,
+    callFailed: false,
     remoteStream: null,
     pendingCandidates: [],
     signalChain: Promise.resolve(),
@@ -605,6 +608,14 @@
     s.pc = pc;
     s.pendingCandidates = [];
     s.signalChain = Promise.resolve();
+    s.callFailed = false;
+    s.connectTimer = setTimeout(() => {
+      if (pc !== s.pc || pc.connectionState === 'connected') return;
+      callFailed(
+        "The video connection could not be set up (the stranger's app may not support " +
+          'your browser, or a network blocks it). You can keep chatting by text or press Next.',
+      );
+    }, CONNECT_TIMEOUT_MS);
     s.remoteStream = new MediaStream();
     el.remoteVideo.srcObject = s.remoteStream;
 
@@ -627,8 +638,9 @@
     };
     pc.onconnectionstatechange = () => {
       if (pc !== s.pc) return;
+      if (pc.connectionState === 'connected') clearTimeout(s.connectTimer);
       if (pc.connectionState === 'failed') {
-        system("The video connection to the stranger failed. Press Next to meet someone else.");
+        callFailed('The video connection to the stranger failed. Press Next to meet someone else.');
       }
       render();
     };
@@ -657,7 +669,7 @@
       .catch((e) => {
         if (pc !== s.pc) return; // the call ended while this step ran
         console.error('peer-stream: negotiation step failed', e);
-        system(`The video connection could not be set up (${e.message}).`);
+        callFailed(`The video connection could not be set up (${e.message}).`);
       });
   }
 
@@ -690,7 +702,8 @@
         if (!candidate.startsWith('candidate:')) candidate = `candidate:${candidate}`;
         const init = {
           candidate,
-          sdpMid: typeof p.sdp_mid === 'string' ? p.sdp_mid : null,
+          // An empty mid (webrtc-rs sends "") names no section: use the index instead.
+          sdpMid: typeof p.sdp_mid === 'string' && p.sdp_mid !== '' ? p.sdp_mid : null,
           sdpMLineIndex: Number.isInteger(p.sdp_mline_index) ? p.sdp_mline_index : null,
         };
         if (init.sdpMid === null && init.sdpMLineIndex === null) init.sdpMLineIndex = 0;
@@ -751,9 +764,20 @@
     }
   }
 
+  /// Says once per call, in the chat, that video will not come; text chat goes on.
+  function callFailed(text) {
+    clearTimeout(s.connectTimer);
+    if (s.callFailed) return;
+    s.callFailed = true;
+    system(text);
+    render();
+  }
+
   function closePeer() {
     const pc = s.pc;
     s.pc = null;
+    clearTimeout(s.connectTimer);
+    s.callFailed = false;
     s.pendingCandidates = [];
     if (pc) {
       pc.onicecandidate = null;
@@ -876,8 +900,8 @@
         : 'Connecting to the server…';
     } else if (p === 'chatting') {
       const state = s.pc ? s.pc.connectionState : 'new';
-      if (state === 'failed') {
-        status = 'The video connection failed.';
+      if (state === 'failed' || s.callFailed) {
+        status = 'No video with this stranger. You can still chat by text.';
       } else if (s.remoteStream && !s.remoteStream.getVideoTracks().length && state === 'connected') {
         status = 'The stranger has no camera.';
       } else {

@@ -96,7 +96,7 @@ pub fn choose_config(
         })
         .or_else(|| ranges.iter().find(|r| has_rate(r)));
     let supported = match best {
-        Some(r) => r.clone().with_sample_rate(SampleRate(RATE)),
+        Some(r) => (*r).with_sample_rate(SampleRate(RATE)),
         None => match direction {
             Direction::Input => device.default_input_config(),
             Direction::Output => device.default_output_config(),

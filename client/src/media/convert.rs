@@ -62,7 +62,7 @@ pub fn rgb_to_i420(rgb: &[u8], src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -
 pub fn i420_to_rgba(frame: &VideoFrame) -> RgbaFrame {
     let (w, h) = (frame.width as usize, frame.height as usize);
     let mut data = vec![0u8; w * h * 4];
-    if frame.data.len() >= w * h * 3 / 2 && w % 2 == 0 && h % 2 == 0 {
+    if frame.data.len() >= w * h * 3 / 2 && (w | h) & 1 == 0 {
         let (y_plane, uv) = frame.data.split_at(w * h);
         let (u_plane, v_plane) = uv.split_at(w * h / 4);
         for y in 0..h {

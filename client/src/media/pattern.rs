@@ -188,8 +188,8 @@ struct Scene {
     plasma_x: Vec<f32>,
     plasma_y: Vec<f32>,
     plasma_xy: Vec<f32>,
-    bar_w: u32,
-    bar_shift: u32,
+    /// Colour bar index of every column (the scroll is applied here, once per frame).
+    bar_of_x: Vec<u8>,
     box_x: u32,
     box_y: u32,
     box_size: u32,
@@ -201,7 +201,7 @@ impl Scene {
         let speed = (w / 160).max(2) & !1;
         let bar_w = ((w / 8) & !1).max(2);
         let period = u64::from(bar_w * 8);
-        let bar_shift = ((seq.wrapping_mul(u64::from(speed))) % period) as u32;
+        let bar_shift = (seq.wrapping_mul(u64::from(speed)) % period) as u32;
         let box_size = ((h / 6) & !1).max(2).min(w & !1);
         let box_edge = ((box_size / 16) & !1).max(2);
         let vx = u64::from(speed * 3 / 2) & !1;
@@ -225,8 +225,9 @@ impl Scene {
             plasma_x,
             plasma_y,
             plasma_xy,
-            bar_w,
-            bar_shift,
+            bar_of_x: (0..w)
+                .map(|x| (((x + bar_shift) % (bar_w * 8)) / bar_w) as u8)
+                .collect(),
             box_x: triangle(seq.wrapping_mul(vx), w - box_size),
             box_y: triangle(seq.wrapping_mul(vy), h.saturating_sub(box_size)),
             box_size,
@@ -250,8 +251,7 @@ impl Scene {
                 (128.0 - v * 10.0) as u8,
             );
         }
-        let idx = ((x + self.bar_shift) % (self.bar_w * 8)) / self.bar_w;
-        let (by_, u, v) = BARS[idx as usize % 8];
+        let (by_, u, v) = BARS[usize::from(self.bar_of_x[x as usize]) % 8];
         // Brightness ramp from 62 % at the top to 100 % at the bottom.
         let gain = 160 + 96 * y / self.h.max(1);
         let luma = 16 + (u32::from(by_) - 16) * gain / 256;

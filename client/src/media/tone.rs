@@ -77,9 +77,10 @@ impl ToneGenerator {
     }
 }
 
-/// Power of `samples` at `freq_hz` (Goertzel algorithm over a Hann-windowed buffer),
-/// normalised so a full-scale sine at exactly that frequency gives about 0.25·N²/N² —
-/// only ratios between calls on the same buffer are meaningful.
+/// Power of `samples` at `freq_hz`: one Goertzel filter over the whole Hann-windowed
+/// buffer, divided by N² so buffers of different lengths compare (a full-scale sine
+/// exactly at `freq_hz` gives about 1/16). Its bandwidth is about 2·rate/N, i.e. very
+/// narrow for long buffers: prefer [`block_power`] / [`tone_ratio`] for those.
 pub fn goertzel_power(samples: &[i16], freq_hz: f32, rate: u32) -> f32 {
     let n = samples.len();
     if n == 0 || rate == 0 {

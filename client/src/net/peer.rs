@@ -33,7 +33,7 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
     PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceServer,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -398,8 +398,14 @@ impl Peer {
         } else {
             settings.udp_addrs.clone()
         };
+        // ICE checks every 50 ms instead of 200 ms (same 1.4 s budget): on a direct path
+        // the call connects a few round trips sooner, which is most of call setup.
+        let setting_engine = SettingEngineBuilder::new()
+            .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(28))
+            .build();
         let pc = PeerConnectionBuilder::new()
             .with_configuration(config)
+            .with_setting_engine(setting_engine)
             .with_media_engine(media)
             .with_interceptor_registry(registry)
             .with_handler(handler)

@@ -120,3 +120,33 @@ mod tests {
         }
     }
 }
+
+/// Real-device paths, for machines with audio hardware or an ALSA null device:
+/// `ALSA_CONFIG_PATH=<alsa.conf with "pcm.!default { type null }" appended>
+/// cargo test -p peer-stream --lib real_audio -- --ignored`.
+#[cfg(test)]
+mod device_tests {
+    use super::*;
+    use crate::media::playback::{open_sink, SinkChoice};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    #[ignore = "needs an audio device (a null ALSA device works)"]
+    fn real_audio_devices_open_and_flow() {
+        let mut mic = open_audio(&DeviceChoice::Default, 440.0);
+        assert!(!mic.is_synthetic(), "no microphone opened");
+        let start = Instant::now();
+        for _ in 0..25 {
+            assert_eq!(mic.next_frame().map(|f| f.len()).ok(), Some(960));
+        }
+        tracing::info!(elapsed = ?start.elapsed(), name = %mic.name(), "25 microphone frames");
+        let mut sink = open_sink(&SinkChoice::Default);
+        assert!(!sink.is_null(), "no speaker opened");
+        sink.set_volume(0.5);
+        for _ in 0..25 {
+            sink.play(&[1000; 960]);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(sink.queued_ms() <= 200);
+    }
+}

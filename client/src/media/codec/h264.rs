@@ -1,8 +1,9 @@
 //! H.264 encoder and decoder on openh264, set up for real-time calls with browsers.
 //!
 //! Choices, and why:
-//! * **Constrained Baseline** — the profile every WebRTC endpoint must decode
-//!   (`profile-level-id=42e01f` family); openh264 only writes baseline tools anyway.
+//! * **Constrained Baseline** — the profile every WebRTC endpoint must decode. The SPS
+//!   says `42c01e` at 640×480 and `42c01f` at 1280×720 (openh264 picks the level from
+//!   size and rate); browsers offering `42e01f` accept both.
 //! * **Bitrate rate control** with the caller's target; openh264's default is a 120 kb/s
 //!   quality mode that looks awful at 640×480.
 //! * **Frame skipping on** — without it openh264 cannot hold the target when the picture
@@ -79,8 +80,7 @@ impl H264Encoder {
     pub fn with_settings(settings: H264Settings) -> Result<Self> {
         if settings.width == 0
             || settings.height == 0
-            || settings.width % 2 != 0
-            || settings.height % 2 != 0
+            || (settings.width | settings.height) & 1 != 0
         {
             bail!(
                 "H.264 needs a non-zero even size, got {}x{}",
@@ -132,7 +132,7 @@ impl H264Encoder {
     /// different size re-creates the encoder at that size (and yields a keyframe).
     pub fn encode(&mut self, frame: &VideoFrame) -> Result<Option<EncodedVideo>> {
         let (w, h) = (frame.width as usize, frame.height as usize);
-        if frame.data.len() < w * h * 3 / 2 || w == 0 || h == 0 || w % 2 != 0 || h % 2 != 0 {
+        if frame.data.len() < w * h * 3 / 2 || w == 0 || h == 0 || (w | h) & 1 != 0 {
             bail!(
                 "bad I420 frame: {}x{} with {} bytes",
                 frame.width,
