@@ -13,7 +13,10 @@ want_test=0
 packages=(build-essential pkg-config cmake nasm clang libclang-dev libasound2-dev
   libxkbcommon-dev libxcb-render0-dev libxcb-shape0-dev libxcb-xfixes0-dev libgl1-mesa-dev)
 if [ "$want_test" = 1 ]; then
-  packages+=(gcc-mingw-w64-x86-64 g++-mingw-w64-x86-64 xvfb xauth libgl1-mesa-dri libegl1 chromium)
+  packages+=(gcc-mingw-w64-x86-64 g++-mingw-w64-x86-64 xvfb xauth libgl1-mesa-dri libegl1)
+  # The browser interop tests drive Debian's Chromium; elsewhere (e.g. Ubuntu, where
+  # chromium is a snap) point PEER_STREAM_CHROMIUM at an installed Chrome instead.
+  [ -n "${PEER_STREAM_CHROMIUM:-}" ] || packages+=(chromium)
 fi
 
 if command -v dpkg-query >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then

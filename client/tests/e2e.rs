@@ -10,11 +10,11 @@
 use peer_stream_server::{run, Config};
 use serde_json::Value;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-static SERIAL: Mutex<()> = Mutex::new(());
+/// One call at a time: the peers are CPU-heavy.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Server {
     port: u16,
@@ -25,11 +25,13 @@ struct Server {
 
 async fn start_server(port: u16, dir: Option<tempfile::TempDir>) -> Server {
     let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
-    let mut cfg = Config::default();
-    cfg.db_path = dir.path().join("test.sqlite3");
-    cfg.heartbeat_interval_ms = 500;
-    cfg.heartbeat_timeout_ms = 3000;
-    cfg.rematch_cooldown_secs = 600;
+    let cfg = Config {
+        db_path: dir.path().join("test.sqlite3"),
+        heartbeat_interval_ms: 500,
+        heartbeat_timeout_ms: 3000,
+        rematch_cooldown_secs: 600,
+        ..Config::default()
+    };
     let mut listener = None;
     for _ in 0..100 {
         match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
@@ -127,7 +129,7 @@ fn assert_moving_video(v: &Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_peers_see_hear_and_chat() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let server = start_server(0, None).await;
     let a = peer(
         server.port,
@@ -186,7 +188,7 @@ async fn two_peers_see_hear_and_chat() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn next_rematches_everyone_with_fresh_media() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let server = start_server(0, None).await;
     let a = peer(server.port, &["--duration", "16", "--next-after", "4"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -217,7 +219,7 @@ async fn next_rematches_everyone_with_fresh_media() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partner_killed_then_a_newcomer_is_matched() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let server = start_server(0, None).await;
     let a = peer(server.port, &["--duration", "16"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -247,7 +249,7 @@ async fn partner_killed_then_a_newcomer_is_matched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_reconnect_and_requeue_after_a_server_restart() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let server = start_server(0, None).await;
     let port = server.port;
     let a = peer(port, &["--duration", "20"]);

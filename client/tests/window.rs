@@ -3,6 +3,7 @@
 //! The window's screenshot is kept as an artifact (PEER_STREAM_ARTIFACT_DIR, default:
 //! cargo's target tmp dir).
 
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use peer_stream_server::{run, Config};
@@ -29,8 +30,10 @@ async fn desktop_window_goes_live_with_a_headless_peer() {
         "xvfb-run is missing: install the xvfb package (make test does)"
     );
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::default();
-    cfg.db_path = dir.path().join("t.sqlite3");
+    let cfg = Config {
+        db_path: dir.path().join("t.sqlite3"),
+        ..Config::default()
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let token = CancellationToken::new();

@@ -117,9 +117,11 @@ impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
         match event.candidate.to_json() {
             Ok(init) => {
+                // An empty mid means "unknown" (the stack fills none in); send it as
+                // absent so the partner matches the candidate by m-line index.
                 let payload = SignalPayload::Candidate {
                     candidate: init.candidate,
-                    sdp_mid: init.sdp_mid,
+                    sdp_mid: init.sdp_mid.filter(|m| !m.is_empty()),
                     sdp_mline_index: init.sdp_mline_index,
                 };
                 let _ = self.events.send(PeerEvent::LocalCandidate(payload)).await;

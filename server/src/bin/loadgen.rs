@@ -406,6 +406,9 @@ struct SpawnedServer {
     child: Child,
     dir: PathBuf,
     log: PathBuf,
+    /// The binary and its modification time (seconds since the epoch), to tell builds apart.
+    bin: PathBuf,
+    bin_mtime: Option<u64>,
 }
 
 impl SpawnedServer {
@@ -551,7 +554,18 @@ fn spawn_server(common: &Common, nproc: usize) -> Result<(SpawnedServer, Target,
         .stderr(Stdio::from(log_file2))
         .spawn()
         .with_context(|| format!("spawning {}", bin.display()))?;
-    let server = SpawnedServer { child, dir, log };
+    let bin_mtime = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
+    let server = SpawnedServer {
+        child,
+        dir,
+        log,
+        bin,
+        bin_mtime,
+    };
     let target = Target {
         addr: listen,
         url: format!("ws://{listen}{WS_PATH}"),
@@ -1291,6 +1305,13 @@ async fn run_scenario(scenario: Scenario, nproc: usize, self_pinned: bool) -> Re
     );
     rep.set("nproc", nproc);
     rep.set("clk_tck", tck);
+    if let Some(s) = &server.spawned {
+        rep.set("server_bin", s.bin.display().to_string());
+        rep.set(
+            "server_bin_mtime_unix",
+            s.bin_mtime.map_or(Value::Null, |t| json!(t)),
+        );
+    }
     rep.line(format!(
         "peer-stream-loadgen {}: server {} ({}{}), generator {}",
         scenario.name(),
