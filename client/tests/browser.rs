@@ -150,7 +150,7 @@ impl RustPeer {
             "--udp-addr",
             "127.0.0.1:0",
             "--log",
-            "info,webrtc=warn,rtc=warn",
+            "info,webrtc=error,rtc=error",
         ])
         .args(extra)
         .env("NO_COLOR", "1")

@@ -72,7 +72,7 @@ fn peer(port: u16, extra: &[&str]) -> Child {
         "--udp-addr",
         "127.0.0.1:0",
         "--log",
-        "info,webrtc=warn,rtc=warn",
+        "warn,rtc=error,webrtc=error",
     ])
     .args(extra)
     .stdout(Stdio::piped())

@@ -12,10 +12,13 @@ use super::stats::Counters;
 use crate::media::codec::h264::{H264Decoder, H264Encoder};
 use crate::media::codec::opus::{OpusDecoder, OpusEncoder};
 use crate::media::frame::{RgbaFrame, VideoFrame, AUDIO_FRAME_SAMPLES};
+use crate::media::jitter::{JitterBuffer, Pull};
 use crate::media::mailbox::FrameMailbox;
 use crate::media::pattern;
 use crate::media::playback::AudioSink;
-use crate::net::peer::{Peer, PeerEvent, PeerSettings, ReceivedMedia, RemoteSinks};
+use crate::net::peer::{
+    Peer, PeerEvent, PeerSettings, ReceivedMedia, RemoteSinks, AUDIO_FRAME_DURATION,
+};
 use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -333,13 +336,18 @@ impl Call {
         Ok(())
     }
 
+    /// Opus packets → decoder (with FEC/concealment for gaps) → jitter buffer → a
+    /// playout thread that hands the sink one 20 ms frame every 20 ms.
     fn spawn_audio_decoder(
         &self,
         rx: std::sync::mpsc::Receiver<ReceivedMedia>,
     ) -> anyhow::Result<()> {
+        let jitter: Arc<Mutex<JitterBuffer<Vec<i16>>>> =
+            Arc::new(Mutex::new(JitterBuffer::default()));
         let cancel = self.cancel.clone();
         let ctx = self.ctx.clone();
         let match_id = self.match_id.clone();
+        let buffer = Arc::clone(&jitter);
         std::thread::Builder::new()
             .name("audio-decode".into())
             .spawn(move || {
@@ -350,6 +358,15 @@ impl Call {
                         return;
                     }
                 };
+                let frame_ts = AUDIO_FRAME_SAMPLES as u32;
+                // RTP timestamps advance 960 per 20 ms frame: that is the frame's number.
+                let seq_of = |ts: u32| (ts / frame_ts) as u16;
+                let push = |ts: u32, pcm: Vec<i16>| {
+                    buffer
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(seq_of(ts), ts, pcm);
+                };
                 let mut last_ts: Option<u32> = None;
                 while !cancel.is_cancelled() {
                     let media = match rx.recv_timeout(Duration::from_millis(200)) {
@@ -357,11 +374,10 @@ impl Call {
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
                         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                     };
-                    // Conceal up to 100 ms of lost frames; the first missing one comes
+                    // Conceal up to 100 ms of lost frames; the last missing one comes
                     // back from this packet's in-band FEC.
                     if let Some(prev) = last_ts {
-                        let gap =
-                            media.rtp_timestamp.wrapping_sub(prev) / AUDIO_FRAME_SAMPLES as u32;
+                        let gap = media.rtp_timestamp.wrapping_sub(prev) / frame_ts;
                         if (2..=6).contains(&gap) {
                             for i in 1..gap {
                                 let pcm = if i == gap - 1 {
@@ -370,7 +386,7 @@ impl Call {
                                     decoder.decode_lost()
                                 };
                                 if let Ok(pcm) = pcm {
-                                    play(&ctx, &pcm);
+                                    push(prev.wrapping_add(i * frame_ts), pcm);
                                 }
                             }
                         }
@@ -379,9 +395,41 @@ impl Call {
                     match decoder.decode(&media.data) {
                         Ok(pcm) => {
                             ctx.counters.audio_decoded(&match_id, &pcm);
-                            play(&ctx, &pcm);
+                            push(media.rtp_timestamp, pcm);
                         }
                         Err(e) => tracing::debug!("Opus decode failed: {e:#}"),
+                    }
+                }
+            })?;
+        let cancel = self.cancel.clone();
+        let ctx = self.ctx.clone();
+        std::thread::Builder::new()
+            .name("audio-playout".into())
+            .spawn(move || {
+                let silence = vec![0i16; AUDIO_FRAME_SAMPLES];
+                let mut last: Option<Vec<i16>> = None;
+                let start = Instant::now();
+                let mut tick: u32 = 0;
+                while !cancel.is_cancelled() {
+                    tick = tick.wrapping_add(1);
+                    let due = start + AUDIO_FRAME_DURATION * tick;
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                    let pulled = jitter.lock().unwrap_or_else(PoisonError::into_inner).pull();
+                    match pulled {
+                        Pull::Frame { frame, .. } => {
+                            play(&ctx, &frame);
+                            last = Some(frame);
+                        }
+                        // A frame that never came: fade the last one rather than click.
+                        Pull::Missing { .. } => {
+                            let faded: Vec<i16> = last
+                                .take()
+                                .map(|f| f.iter().map(|s| s / 2).collect())
+                                .unwrap_or_else(|| silence.clone());
+                            play(&ctx, &faded);
+                            last = Some(faded);
+                        }
+                        Pull::Buffering => {}
                     }
                 }
             })?;

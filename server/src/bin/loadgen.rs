@@ -35,9 +35,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
-use tokio::time::{sleep, timeout, timeout_at, MissedTickBehavior};
+use tokio::time::{sleep, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
@@ -950,7 +950,7 @@ impl Report {
     }
 
     /// Server and generator CPU of a window, as lines and `<prefix>server_cpu_s` etc.
-    fn cpu(&mut self, prefix: &str, w: &Window, unit: &str, units: u64) {
+    fn cpu(&mut self, prefix: &str, w: &Window, unit: &str, units: u64, busy_polls: bool) {
         let per = w.server_us_per(units);
         self.set_opt(&format!("{prefix}server_cpu_s"), w.server_cpu_s);
         self.set_opt(
@@ -1001,7 +1001,9 @@ impl Report {
             self.line(format!(
                 "  loadgen cpu: {s:.2} s ({:.0}% of one core){}",
                 100.0 * util,
-                if util > 0.9 {
+                if busy_polls {
+                    " (its pacer busy-polls between sends)"
+                } else if util > 0.9 {
                     " — the generator is saturated: the rate is bounded by the client side"
                 } else {
                     ""
@@ -1400,7 +1402,7 @@ async fn bare(a: &BareArgs, server: &ServerSide, rep: &mut Report, tck: u64) -> 
     rep.set("duration_s", round2(w.secs));
     rep.set("pairings", pairings);
     rep.set("pairings_per_sec", round2(rate));
-    rep.cpu("", &w, "pairing", pairings);
+    rep.cpu("", &w, "pairing", pairings, false);
     rep.set("client_failures", w.c.failures);
     rep.tally("errors", &sh.tally.snapshot());
     Ok(())
@@ -1550,7 +1552,7 @@ async fn full(a: &FullArgs, server: &ServerSide, rep: &mut Report, tck: u64) -> 
         round2(w.c.received as f64 / w.secs),
     );
     rep.set("negotiations_aborted", w.c.aborted);
-    rep.cpu("", &w, "full_pairing", full_pairings);
+    rep.cpu("", &w, "full_pairing", full_pairings, false);
     rep.set("client_failures", w.c.failures);
     rep.tally("errors", &sh.tally.snapshot());
     Ok(())
@@ -1674,8 +1676,8 @@ struct Peer {
 
 #[derive(Clone, Copy, Debug)]
 enum RelayMode {
-    /// Each client sends one message every `period`.
-    Rate { period: Duration },
+    /// A pacer spreads `rate` messages per second evenly over the clients and over time.
+    Rate { rate: f64 },
     /// Each client keeps `window` messages in flight: it sends one per message received.
     Closed { window: usize },
 }
@@ -1751,7 +1753,7 @@ async fn relay(a: &RelayArgs, server: &ServerSide, rep: &mut Report, tck: u64) -
         report_latency(rep, "relay_max_", &r);
         rep.set("relay_max_msgs_per_sec", round2(rate));
         rep.set("relay_max_window", a.window);
-        rep.cpu("relay_max_", &r.w, "msg", r.w.c.received);
+        rep.cpu("relay_max_", &r.w, "msg", r.w.c.received, false);
         if a.max {
             for (alias, key) in [
                 ("relay_p50_us", "relay_max_p50_us"),
@@ -1779,13 +1781,6 @@ async fn relay(a: &RelayArgs, server: &ServerSide, rep: &mut Report, tck: u64) -
     };
     let per_client = rate / peers.len() as f64;
     let period = Duration::from_secs_f64(1.0 / per_client);
-    if period < Duration::from_millis(2) {
-        progress(format!(
-            "warning: each client sends every {:.2} ms; below ~2 ms the timer granularity \
-             makes sends bursty (use more --pairs)",
-            period.as_secs_f64() * 1e3
-        ));
-    }
     progress(format!(
         "relay rate: {rate:.0} msgs/s offered by {} clients (one every {:.2} ms each); \
          warm-up {:.1} s, window {:.1} s",
@@ -1796,7 +1791,7 @@ async fn relay(a: &RelayArgs, server: &ServerSide, rep: &mut Report, tck: u64) -
     ));
     let (_peers, r) = relay_phase(
         peers,
-        RelayMode::Rate { period },
+        RelayMode::Rate { rate },
         &suffix,
         server,
         warmup,
@@ -1815,7 +1810,7 @@ async fn relay(a: &RelayArgs, server: &ServerSide, rep: &mut Report, tck: u64) -
     rep.set("relay_rate_offered", round2(rate));
     rep.set("relay_rate_sent", round2(sent_rate));
     rep.set("relay_rate_relayed", round2(recv_rate));
-    rep.cpu("", &r.w, "msg", r.w.c.received);
+    rep.cpu("", &r.w, "msg", r.w.c.received, true);
     if sent_rate < 0.95 * rate {
         rep.line("  note: the generator could not send at the offered rate");
     }
@@ -1914,22 +1909,32 @@ async fn relay_phase(
     let suffix: Arc<str> = Arc::from(suffix);
     let clients = peers.len();
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
-    let mut rng = rand::rng();
     let mut set = JoinSet::new();
+    let mut triggers = Vec::with_capacity(clients);
     for p in peers {
-        let first = match mode {
-            RelayMode::Rate { period } => start + period.mul_f64(rng.random::<f64>()),
-            RelayMode::Closed { .. } => start,
-        };
+        let trigger = Arc::new(Trigger::default());
+        triggers.push(trigger.clone());
         let (sh, suffix) = (sh.clone(), suffix.clone());
         set.spawn(async move {
-            let r = relay_client(p, &sh, mode, &suffix, first).await;
+            let r = relay_client(p, &sh, mode, &suffix, start, &trigger).await;
             if let Err(e) = &r {
                 record_failure(&sh, e);
             }
             r.ok()
         });
     }
+    let pacer = match mode {
+        RelayMode::Rate { rate } => {
+            // Visit the clients in a random order, then round-robin: every client sends at
+            // rate / clients, and consecutive messages come from different connections.
+            let mut rng = rand::rng();
+            for i in (1..triggers.len()).rev() {
+                triggers.swap(i, rng.random_range(0..=i));
+            }
+            Some(tokio::spawn(pace(triggers, rate, start, sh.stopped())))
+        }
+        RelayMode::Closed { .. } => None,
+    };
     sleep(warmup).await;
     sh.window_start.store(sh.now_ns(), Relaxed);
     let s0 = Snap::take(server, &sh.c);
@@ -1938,6 +1943,9 @@ async fn relay_phase(
     let s1 = Snap::take(server, &sh.c);
     // Messages sent in the window but still in flight are drained and counted.
     let outs = wind_down(&mut set, &stop, STOP_GRACE + DRAIN_QUIET * 2).await;
+    if let Some(pacer) = pacer {
+        pacer.abort();
+    }
     let w = Window::between(&s0, &s1, tck);
     let mut back = Vec::with_capacity(clients);
     let mut latencies_ns = Vec::new();
@@ -2011,34 +2019,90 @@ fn on_relay_text(text: &str, sh: &Shared, lats: &mut Vec<u64>) -> bool {
     }
 }
 
+/// Tells one relay client how many messages to send now.
+#[derive(Default)]
+struct Trigger {
+    due: AtomicU64,
+    notify: Notify,
+}
+
+/// Sends `rate` messages per second in total, evenly spaced: message k is due at
+/// `start + k / rate` and goes to client k mod n. Tokio timers have a 1 ms resolution,
+/// which would release the messages in 1 ms bursts (and measure queueing behind the
+/// burst rather than the relay), so when the next message is less than 2 ms away the
+/// pacer yields to the runtime in a loop instead of sleeping (it busy-polls its core).
+async fn pace(
+    triggers: Vec<Arc<Trigger>>,
+    rate: f64,
+    start: tokio::time::Instant,
+    stopped: impl Future<Output = ()>,
+) {
+    if triggers.is_empty() || rate.is_nan() || rate <= 0.0 {
+        return;
+    }
+    tokio::pin!(stopped);
+    let start: Instant = start.into_std();
+    tokio::time::sleep_until(start.into()).await;
+    let period_ns = 1e9 / rate;
+    let mut sent: u64 = 0;
+    let mut next_client = 0;
+    loop {
+        let now_ns = start.elapsed().as_nanos() as f64;
+        let due = (now_ns / period_ns) as u64 + 1;
+        while sent < due {
+            let t = &triggers[next_client];
+            t.due.fetch_add(1, Relaxed);
+            t.notify.notify_one();
+            next_client = (next_client + 1) % triggers.len();
+            sent += 1;
+        }
+        let wait_ns = sent as f64 * period_ns - start.elapsed().as_nanos() as f64;
+        let pause = async {
+            if wait_ns > 2e6 {
+                sleep(Duration::from_nanos((wait_ns - 1e6) as u64)).await;
+            } else {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::select! {
+            biased;
+            () = &mut stopped => return,
+            () = pause => {}
+        }
+    }
+}
+
 async fn relay_client(
     mut p: Peer,
     sh: &Shared,
     mode: RelayMode,
     suffix: &str,
-    first: tokio::time::Instant,
+    start: tokio::time::Instant,
+    trigger: &Trigger,
 ) -> Result<(Peer, Vec<u64>)> {
     let mut lats = Vec::new();
     let stopped = sh.stopped();
     tokio::pin!(stopped);
     match mode {
-        RelayMode::Rate { period } => {
-            let mut tick = tokio::time::interval_at(first, period);
-            tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
-            loop {
-                tokio::select! {
-                    biased;
-                    () = &mut stopped => break,
-                    r = next_text(&mut p.ws) => {
-                        let text = r?;
-                        on_relay_text(text.as_str(), sh, &mut lats);
+        RelayMode::Rate { .. } => loop {
+            tokio::select! {
+                biased;
+                () = &mut stopped => break,
+                () = trigger.notify.notified() => {
+                    let n = trigger.due.swap(0, Relaxed);
+                    for _ in 0..n {
+                        send_bench(&mut p, sh, suffix, false).await?;
                     }
-                    _ = tick.tick() => send_bench(&mut p, sh, suffix, true).await?,
+                    p.ws.flush().await?;
+                }
+                r = next_text(&mut p.ws) => {
+                    let text = r?;
+                    on_relay_text(text.as_str(), sh, &mut lats);
                 }
             }
-        }
+        },
         RelayMode::Closed { window } => {
-            tokio::time::sleep_until(first).await;
+            tokio::time::sleep_until(start).await;
             for _ in 0..window {
                 send_bench(&mut p, sh, suffix, false).await?;
             }
