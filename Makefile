@@ -37,7 +37,8 @@ windows:
 	$(CARGO) check --workspace --all-targets --locked --target $(WINDOWS_TARGET)
 
 bench-server:
-	$(CARGO) run --release -p peer-stream-server --bin peer-stream-loadgen -- all
+	$(CARGO) build --release -p peer-stream-server
+	for s in bare full relay idle; do $(CARGO) run --release -p peer-stream-server --bin peer-stream-loadgen -- $$s || exit 1; done
 
 bench-call:
 	$(CARGO) build --release -p peer-stream -p peer-stream-server

@@ -657,8 +657,8 @@ fn proc_status_kib(who: &str, key: &str) -> Option<u64> {
     })
 }
 
-/// Machine-wide CPU ticks from /proc/stat: (user + nice + system, irq + softirq).
-fn system_ticks() -> Option<(u64, u64)> {
+/// Machine-wide CPU ticks from /proc/stat: (user + nice + system, irq + softirq, steal).
+fn system_ticks() -> Option<(u64, u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let v: Vec<u64> = line
@@ -667,7 +667,7 @@ fn system_ticks() -> Option<(u64, u64)> {
         .map(|x| x.parse().unwrap_or(0))
         .collect();
     let get = |i: usize| v.get(i).copied().unwrap_or(0);
-    Some((get(0) + get(1) + get(2), get(5) + get(6)))
+    Some((get(0) + get(1) + get(2), get(5) + get(6), get(7)))
 }
 
 fn proc_fd_count(who: &str) -> Option<u64> {
@@ -851,7 +851,7 @@ struct Snap {
     at: Instant,
     server_ticks: Option<u64>,
     self_ticks: Option<u64>,
-    system: Option<(u64, u64)>,
+    system: Option<(u64, u64, u64)>,
     c: CounterSnap,
 }
 
@@ -877,6 +877,8 @@ struct Window {
     other_cpu_s: Option<f64>,
     /// Interrupt and softirq time of the whole machine (loopback TCP is partly here).
     irq_cpu_s: Option<f64>,
+    /// Time the hypervisor gave our virtual CPUs to someone else.
+    steal_cpu_s: Option<f64>,
     c: CounterSnap,
 }
 
@@ -888,16 +890,17 @@ impl Window {
         };
         let server_cpu_s = cpu(a.server_ticks, b.server_ticks);
         let self_cpu_s = cpu(a.self_ticks, b.self_ticks);
-        let (other_cpu_s, irq_cpu_s) = match (a.system, b.system) {
-            (Some((au, ai)), Some((bu, bi))) => {
+        let (other_cpu_s, irq_cpu_s, steal_cpu_s) = match (a.system, b.system) {
+            (Some((au, ai, ast)), Some((bu, bi, bst))) => {
                 let busy = bu.saturating_sub(au) as f64 / tck as f64;
                 let ours = server_cpu_s.unwrap_or(0.0) + self_cpu_s.unwrap_or(0.0);
                 (
                     Some((busy - ours).max(0.0)),
                     Some(bi.saturating_sub(ai) as f64 / tck as f64),
+                    Some(bst.saturating_sub(ast) as f64 / tck as f64),
                 )
             }
-            _ => (None, None),
+            _ => (None, None, None),
         };
         Window {
             secs: b.at.duration_since(a.at).as_secs_f64(),
@@ -905,6 +908,7 @@ impl Window {
             self_cpu_s,
             other_cpu_s,
             irq_cpu_s,
+            steal_cpu_s,
             c: b.c.minus(a.c),
         }
     }
@@ -986,6 +990,18 @@ impl Report {
             &format!("{prefix}irq_cpu_util"),
             w.irq_cpu_s.map(|s| s / w.secs),
         );
+        self.set_opt(
+            &format!("{prefix}steal_cpu_util"),
+            w.steal_cpu_s.map(|s| s / w.secs),
+        );
+        if let Some(steal) = w.steal_cpu_s.map(|s| s / w.secs) {
+            if steal > 0.05 {
+                self.line(format!(
+                    "  WARNING: the hypervisor stole {:.0}% of a core during the window",
+                    100.0 * steal
+                ));
+            }
+        }
         if let Some(other) = w.other_cpu_s.map(|s| s / w.secs) {
             // Only meaningful when the server is ours or its pid is known.
             if w.server_cpu_s.is_some() && other > 0.25 {
@@ -1341,10 +1357,12 @@ async fn run_scenario(scenario: Scenario, nproc: usize, self_pinned: bool) -> Re
         Scenario::IdleWorker(_) => Err(anyhow!("internal: worker is not a scenario")),
     };
 
+    let mut exited = None;
     if let Some(spawned) = server.spawned.as_mut() {
         if let Some(status) = spawned.exited() {
             rep.line(format!("  SERVER EXITED during the run: {status}"));
-            rep.set("server_exited", status);
+            rep.set("server_exited", status.clone());
+            exited = Some(status);
         }
         let log = spawned.log_text();
         let lines = log.lines().count();
@@ -1358,7 +1376,10 @@ async fn run_scenario(scenario: Scenario, nproc: usize, self_pinned: bool) -> Re
     }
     result?;
     rep.finish();
-    Ok(())
+    match exited {
+        Some(status) => Err(anyhow!("the server exited during the run ({status})")),
+        None => Ok(()),
+    }
 }
 
 // --- bare ------------------------------------------------------------------------------

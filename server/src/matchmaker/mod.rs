@@ -156,8 +156,15 @@ pub fn random_id() -> String {
 
 impl Matchmaker {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        // The next time-based pairing chance, recomputed only when the queue changed
+        // (most commands are relays that never touch it).
+        let mut deadline = None;
+        let mut seen_version = None;
         loop {
-            let deadline = self.queue.next_deadline(Instant::now());
+            if seen_version != Some(self.queue.version()) {
+                seen_version = Some(self.queue.version());
+                deadline = self.queue.next_deadline(Instant::now());
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,

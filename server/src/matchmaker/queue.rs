@@ -42,7 +42,14 @@ pub struct MatchQueue {
     cooldown: Duration,
     /// Unordered session pair (smaller id first) → the instant the pair may match again.
     cooldowns: HashMap<(SessionId, SessionId), Instant>,
+    /// Bumped on every change, so the owner recomputes [`MatchQueue::next_deadline`]
+    /// only when something changed.
+    version: u64,
+    /// Expired cooldowns are swept when the map reaches this size.
+    prune_at: usize,
 }
+
+const MIN_PRUNE_AT: usize = 4096;
 
 fn pair_key(a: &SessionId, b: &SessionId) -> (SessionId, SessionId) {
     if a <= b {
@@ -61,7 +68,14 @@ impl MatchQueue {
             fallback,
             cooldown,
             cooldowns: HashMap::new(),
+            version: 0,
+            prune_at: MIN_PRUNE_AT,
         }
+    }
+
+    /// Changes whenever the queue or its cooldowns change.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     pub fn len(&self) -> usize {
@@ -84,6 +98,7 @@ impl MatchQueue {
         interests: Vec<String>,
         now: Instant,
     ) -> Option<Pair> {
+        self.version += 1;
         if let Some(seq) = self.by_session.get(&session) {
             if let Some(w) = self.waiters.get_mut(seq) {
                 w.interests = interests;
@@ -107,6 +122,7 @@ impl MatchQueue {
 
     /// Takes `session` out of the queue; false if it was not waiting.
     pub fn remove(&mut self, session: &SessionId) -> bool {
+        self.version += 1;
         match self.by_session.remove(session) {
             Some(seq) => self.waiters.remove(&seq).is_some(),
             None => false,
@@ -118,23 +134,27 @@ impl MatchQueue {
         if self.cooldown.is_zero() {
             return;
         }
-        if self.cooldowns.len() > 4096 {
+        self.version += 1;
+        if self.cooldowns.len() >= self.prune_at {
+            // Amortized O(1): the next sweep waits until the map has doubled again.
             self.cooldowns.retain(|_, until| *until > now);
+            self.prune_at = (self.cooldowns.len() * 2).max(MIN_PRUNE_AT);
         }
         self.cooldowns.insert(pair_key(a, b), now + self.cooldown);
     }
 
-    /// Forgets a session's cooldowns (it disconnected; its id never comes back).
+    /// A session disconnected: it leaves the queue. Its cooldown entries (its id never
+    /// comes back) are dropped with the other expired ones in `record_skip`, so a
+    /// disconnect costs O(1) instead of a scan of every cooldown.
     pub fn forget(&mut self, session: &SessionId) {
         self.remove(session);
-        self.cooldowns
-            .retain(|(a, b), _| a != session && b != session);
     }
 
     /// Pairs everyone who can be paired now, longest waiter first. Afterwards no two
     /// remaining waiters are compatible (until time makes someone open to anyone or a
     /// cooldown ends; [`MatchQueue::next_deadline`] says when).
     pub fn poll(&mut self, now: Instant) -> Vec<Pair> {
+        self.version += 1;
         let mut pairs = Vec::new();
         let seqs: Vec<u64> = self.waiters.keys().copied().collect();
         for seq in seqs {
@@ -365,6 +385,27 @@ mod tests {
             .push(s(2), tags(&["b"]), t0)
             .expect("updated interests count");
         assert_eq!(p.common_interests, tags(&["b"]));
+    }
+
+    #[test]
+    fn every_change_bumps_the_version() {
+        let t0 = Instant::now();
+        let mut q = MatchQueue::new(FB, CD);
+        let mut last = q.version();
+        let mut changed = |q: &MatchQueue| {
+            let moved = q.version() != last;
+            last = q.version();
+            moved
+        };
+        q.push(s(1), tags(&["a"]), t0);
+        assert!(changed(&q), "push");
+        q.record_skip(&s(1), &s(2), t0);
+        assert!(changed(&q), "skip");
+        q.poll(t0);
+        assert!(changed(&q), "poll");
+        q.remove(&s(1));
+        assert!(changed(&q), "remove");
+        assert!(!changed(&q), "nothing happened");
     }
 
     #[derive(Clone, Debug)]
