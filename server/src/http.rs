@@ -45,7 +45,7 @@ impl Request {
 /// Serves one accepted connection (plain TCP or TLS).
 pub async fn handle<S>(mut stream: S, peer: SocketAddr, shared: Arc<Shared>)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let head = tokio::time::timeout(shared.config.hello_timeout(), read_head(&mut stream)).await;
     let (req, leftover) = match head {
@@ -212,7 +212,7 @@ async fn upgrade<S>(
     peer: SocketAddr,
     shared: Arc<Shared>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = &shared.config;
     let key = req.header("sec-websocket-key").map(str::to_owned);
@@ -291,5 +291,9 @@ async fn upgrade<S>(
             return;
         }
     };
-    connection::serve(ws, ip, shared, Some(slot)).await;
+    // The WebSocket lives on in a task of its own, so this task's HTTP-stage state
+    // (request buffers, parsed headers) is freed instead of being carried for the
+    // connection's whole life: a large share of the memory of an idle connection.
+    let tracker = shared.tracker.clone();
+    tracker.spawn(connection::serve(ws, ip, shared, Some(slot)));
 }

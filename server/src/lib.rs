@@ -44,6 +44,8 @@ pub struct Shared {
     pub limiter: Arc<ConnectionLimiter>,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
+    /// Every connection task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
 }
 
 /// Serves HTTP and WebSocket clients on `listener` until `shutdown` resolves; then stops
@@ -89,6 +91,7 @@ pub async fn run(
         matchmaker,
         moderation,
         shutdown: token.clone(),
+        tracker: tracker.clone(),
     });
     let local = listener.local_addr().context("listener address")?;
     tracing::info!(
