@@ -17,8 +17,9 @@
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+mod common;
+
 use futures_util::{SinkExt, StreamExt};
-use peer_stream_server::{run, Config};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -29,7 +30,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
 
 /// One test at a time (an async mutex: the guard is held across awaits).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -40,58 +40,19 @@ const DEFAULT_CHROMIUM: &str = "/usr/bin/chromium";
 
 // ------------------------------------------------------------------------- server
 
-struct Server {
-    port: u16,
-    token: CancellationToken,
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _dir: tempfile::TempDir,
-}
+use common::Server;
 
 async fn start_server(rematch_cooldown_secs: u64) -> Server {
-    start_server_on(0, rematch_cooldown_secs).await
+    common::start_server(0, None, rematch_cooldown_secs).await
 }
 
-/// A server on `port` (0: any free port); retries the bind for a while, so a restarted
-/// server gets its old port back.
 async fn start_server_on(port: u16, rematch_cooldown_secs: u64) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        db_path: dir.path().join("test.sqlite3"),
-        heartbeat_interval_ms: 500,
-        heartbeat_timeout_ms: 3000,
-        rematch_cooldown_secs,
-        ..Config::default()
-    };
-    let mut listener = None;
-    for _ in 0..100 {
-        match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-            Ok(l) => {
-                listener = Some(l);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    let listener = listener.expect("bind the server port");
-    let port = listener.local_addr().unwrap().port();
-    let token = CancellationToken::new();
-    let handle = tokio::spawn(run(listener, cfg, token.clone().cancelled_owned()));
-    Server {
-        port,
-        token,
-        handle,
-        _dir: dir,
-    }
+    common::start_server(port, None, rematch_cooldown_secs).await
 }
 
 impl Server {
     fn page_url(&self, query: &str) -> String {
         format!("http://127.0.0.1:{}/?{query}", self.port)
-    }
-
-    async fn stop(self) {
-        self.token.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
     }
 }
 

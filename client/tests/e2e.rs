@@ -7,59 +7,17 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-use peer_stream_server::{run, Config};
+mod common;
+
 use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// One call at a time: the peers are CPU-heavy.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-struct Server {
-    port: u16,
-    token: CancellationToken,
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _dir: tempfile::TempDir,
-}
-
-async fn start_server(port: u16, dir: Option<tempfile::TempDir>) -> Server {
-    let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
-    let cfg = Config {
-        db_path: dir.path().join("test.sqlite3"),
-        heartbeat_interval_ms: 500,
-        heartbeat_timeout_ms: 3000,
-        rematch_cooldown_secs: 600,
-        ..Config::default()
-    };
-    let mut listener = None;
-    for _ in 0..100 {
-        match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-            Ok(l) => {
-                listener = Some(l);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    let listener = listener.expect("bind the server port");
-    let port = listener.local_addr().unwrap().port();
-    let token = CancellationToken::new();
-    let handle = tokio::spawn(run(listener, cfg, token.clone().cancelled_owned()));
-    Server {
-        port,
-        token,
-        handle,
-        _dir: dir,
-    }
-}
-
-impl Server {
-    async fn stop(self) -> tempfile::TempDir {
-        self.token.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
-        self._dir
-    }
+async fn start(port: u16, dir: Option<tempfile::TempDir>) -> common::Server {
+    common::start_server(port, dir, 600).await
 }
 
 fn peer(port: u16, extra: &[&str]) -> Child {
@@ -130,7 +88,7 @@ fn assert_moving_video(v: &Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_peers_see_hear_and_chat() {
     let _serial = SERIAL.lock().await;
-    let server = start_server(0, None).await;
+    let server = start(0, None).await;
     let a = peer(
         server.port,
         &["--duration", "9", "--tone-hz", "440", "--say", "hi from A"],
@@ -189,7 +147,7 @@ async fn two_peers_see_hear_and_chat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn next_rematches_everyone_with_fresh_media() {
     let _serial = SERIAL.lock().await;
-    let server = start_server(0, None).await;
+    let server = start(0, None).await;
     let a = peer(server.port, &["--duration", "16", "--next-after", "4"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let b = peer(server.port, &["--duration", "16"]);
@@ -220,7 +178,7 @@ async fn next_rematches_everyone_with_fresh_media() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partner_killed_then_a_newcomer_is_matched() {
     let _serial = SERIAL.lock().await;
-    let server = start_server(0, None).await;
+    let server = start(0, None).await;
     let a = peer(server.port, &["--duration", "16"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut b = peer(server.port, &["--duration", "60"]);
@@ -250,14 +208,14 @@ async fn partner_killed_then_a_newcomer_is_matched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_reconnect_and_requeue_after_a_server_restart() {
     let _serial = SERIAL.lock().await;
-    let server = start_server(0, None).await;
+    let server = start(0, None).await;
     let port = server.port;
     let a = peer(port, &["--duration", "20"]);
     let b = peer(port, &["--duration", "20"]);
     tokio::time::sleep(Duration::from_secs(6)).await;
     let dir = server.stop().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let server = start_server(port, Some(dir)).await;
+    let server = start(port, Some(dir)).await;
     let (a, b) = tokio::task::spawn_blocking(move || {
         (
             summary(a, Duration::from_secs(60)),

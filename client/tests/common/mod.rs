@@ -1,0 +1,62 @@
+//! What the client's end-to-end tests share: the real signaling server, in-process on
+//! 127.0.0.1, so a test controls its lifetime (stop, restart on the same port).
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use peer_stream_server::{run, Config};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub struct Server {
+    pub port: u16,
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    dir: tempfile::TempDir,
+}
+
+/// A server on `port` (0: any free port) with a short heartbeat, keeping its database in
+/// `dir` (a fresh one when `None`). The bind is retried for a while, so a restarted
+/// server gets its old port back.
+pub async fn start_server(
+    port: u16,
+    dir: Option<tempfile::TempDir>,
+    rematch_cooldown_secs: u64,
+) -> Server {
+    let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+    let cfg = Config {
+        db_path: dir.path().join("test.sqlite3"),
+        heartbeat_interval_ms: 500,
+        heartbeat_timeout_ms: 3000,
+        rematch_cooldown_secs,
+        ..Config::default()
+    };
+    let mut listener = None;
+    for _ in 0..100 {
+        match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => {
+                listener = Some(l);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let listener = listener.expect("bind the server port");
+    let port = listener.local_addr().unwrap().port();
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(run(listener, cfg, token.clone().cancelled_owned()));
+    Server {
+        port,
+        token,
+        handle,
+        dir,
+    }
+}
+
+impl Server {
+    /// Stops the server (clients get close 1001) and hands back its database folder.
+    pub async fn stop(self) -> tempfile::TempDir {
+        self.token.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
+        self.dir
+    }
+}
