@@ -102,22 +102,12 @@ struct RustPeer {
 
 impl RustPeer {
     fn spawn(port: u16, extra: &[&str]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_peer-stream"));
-        cmd.args([
-            "--headless",
-            "--fake-media",
-            "--server",
-            &format!("ws://127.0.0.1:{port}/ws"),
-            "--udp-addr",
-            "127.0.0.1:0",
-            "--log",
-            "info,webrtc=error,rtc=error",
-        ])
-        .args(extra)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        let mut cmd = common::headless_peer(port, "info,webrtc=error,rtc=error");
+        cmd.args(extra)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start a headless peer");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));

@@ -10,7 +10,7 @@
 mod common;
 
 use serde_json::Value;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// One call at a time: the peers are CPU-heavy.
@@ -21,20 +21,10 @@ async fn start(port: u16, dir: Option<tempfile::TempDir>) -> common::Server {
 }
 
 fn peer(port: u16, extra: &[&str]) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_peer-stream"));
-    cmd.args([
-        "--headless",
-        "--fake-media",
-        "--server",
-        &format!("ws://127.0.0.1:{port}/ws"),
-        "--udp-addr",
-        "127.0.0.1:0",
-        "--log",
-        "warn,rtc=error,webrtc=error",
-    ])
-    .args(extra)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
+    let mut cmd = common::headless_peer(port, "warn,rtc=error,webrtc=error");
+    cmd.args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     cmd.spawn().expect("start a headless peer")
 }
 

@@ -456,45 +456,52 @@ impl Peer {
 
     /// Offerer: creates and applies the offer; returns its SDP.
     pub async fn create_offer(&self) -> anyhow::Result<String> {
-        let pc = &self.inner.pc;
-        let offer = pc
+        let offer = self
+            .inner
+            .pc
             .create_offer(None)
             .await
             .map_err(|e| anyhow!("create offer: {e}"))?;
-        let sdp = offer.sdp.clone();
-        pc.set_local_description(offer)
-            .await
-            .map_err(|e| anyhow!("set local offer: {e}"))?;
-        Ok(sdp)
+        self.set_local(offer, "offer").await
     }
 
     /// Answerer: applies the partner's offer, creates and applies the answer; returns it.
     pub async fn accept_offer(&self, sdp: String) -> anyhow::Result<String> {
-        let pc = &self.inner.pc;
         let offer = RTCSessionDescription::offer(sdp).map_err(|e| anyhow!("bad offer: {e}"))?;
-        pc.set_remote_description(offer)
-            .await
-            .map_err(|e| anyhow!("set remote offer: {e}"))?;
-        self.remote_description_set().await;
-        let answer = pc
+        self.set_remote(offer, "offer").await?;
+        let answer = self
+            .inner
+            .pc
             .create_answer(None)
             .await
             .map_err(|e| anyhow!("create answer: {e}"))?;
-        let sdp = answer.sdp.clone();
-        pc.set_local_description(answer)
-            .await
-            .map_err(|e| anyhow!("set local answer: {e}"))?;
-        Ok(sdp)
+        self.set_local(answer, "answer").await
     }
 
     /// Offerer: applies the partner's answer.
     pub async fn accept_answer(&self, sdp: String) -> anyhow::Result<()> {
         let answer = RTCSessionDescription::answer(sdp).map_err(|e| anyhow!("bad answer: {e}"))?;
+        self.set_remote(answer, "answer").await
+    }
+
+    /// Applies our own description; returns its SDP for the partner.
+    async fn set_local(&self, desc: RTCSessionDescription, what: &str) -> anyhow::Result<String> {
+        let sdp = desc.sdp.clone();
         self.inner
             .pc
-            .set_remote_description(answer)
+            .set_local_description(desc)
             .await
-            .map_err(|e| anyhow!("set remote answer: {e}"))?;
+            .map_err(|e| anyhow!("set local {what}: {e}"))?;
+        Ok(sdp)
+    }
+
+    /// Applies the partner's description, then the candidates that came before it.
+    async fn set_remote(&self, desc: RTCSessionDescription, what: &str) -> anyhow::Result<()> {
+        self.inner
+            .pc
+            .set_remote_description(desc)
+            .await
+            .map_err(|e| anyhow!("set remote {what}: {e}"))?;
         self.remote_description_set().await;
         Ok(())
     }

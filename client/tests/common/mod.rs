@@ -60,3 +60,13 @@ impl Server {
         self.dir
     }
 }
+
+/// The headless bot (`--fake-media`, loopback ICE) pointed at a server on `port`, with
+/// this log filter; callers add their own flags and pipes.
+pub fn headless_peer(port: u16, log: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_peer-stream"));
+    cmd.args(["--headless", "--fake-media", "--udp-addr", "127.0.0.1:0"])
+        .args(["--server", &format!("ws://127.0.0.1:{port}/ws")])
+        .args(["--log", log]);
+    cmd
+}
