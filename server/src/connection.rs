@@ -188,7 +188,10 @@ where
         };
         let shared = Arc::clone(&self.shared);
         let Some(session) = self.id.clone() else {
-            let ClientMessage::Hello { version, client } = msg else {
+            let ClientMessage::Hello {
+                version, client, ..
+            } = msg
+            else {
                 self.reply_error(ErrorCode::HelloRequired, "send hello first")
                     .await;
                 return None;
@@ -264,6 +267,12 @@ where
                     match_id,
                     frame: frame.to_json().into(),
                 }
+            }
+            ClientMessage::UndoNext | ClientMessage::IceServers | ClientMessage::Block { .. } => {
+                // Being implemented (issue 12); refused as invalid until then.
+                self.reply_error(ErrorCode::Invalid, "not supported by this server yet")
+                    .await;
+                return None;
             }
             ClientMessage::Typing { match_id, active } => {
                 let frame = ServerMessage::Typing {

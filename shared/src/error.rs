@@ -27,6 +27,10 @@ pub enum ErrorCode {
     Invalid,
     /// This address is banned; the connection is closed.
     Banned,
+    /// `undo_next` could not bring the skipped partner back (window over, already undone,
+    /// or the partner is gone or in a new match). Only ever sent in reply to `undo_next`;
+    /// the sender keeps its place.
+    UndoUnavailable,
     /// A code this build does not know (only ever produced when deserializing).
     #[serde(other)]
     Other,
@@ -34,7 +38,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code the server can send, for metrics and documentation.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::HelloRequired,
@@ -44,6 +48,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::Invalid,
         ErrorCode::Banned,
+        ErrorCode::UndoUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +62,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Invalid => "invalid",
             ErrorCode::Banned => "banned",
+            ErrorCode::UndoUnavailable => "undo_unavailable",
             ErrorCode::Other => "other",
         }
     }

@@ -7,8 +7,15 @@ use serde_json::Value;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMessage {
     /// Sent once, first, right after the WebSocket opens. Anything else before it is
-    /// refused with `hello_required`.
-    Hello { version: u32, client: String },
+    /// refused with `hello_required`. `counts: true` (optional, default false) opts in to
+    /// `counts` messages: one right after `welcome`, then whenever the numbers change, at
+    /// most once a second.
+    Hello {
+        version: u32,
+        client: String,
+        #[serde(default, skip_serializing_if = "is_false")]
+        counts: bool,
+    },
     /// Sent to enter the waiting queue (after `hello`, when idle). Interests are optional;
     /// the server trims and lowercases them and pairs people who share one first.
     Join {
@@ -28,12 +35,37 @@ pub enum ClientMessage {
     Leave,
     /// Sent to report the current or the most recent partner.
     Report { match_id: MatchId, reason: String },
+    /// Sent within 5 s after the sender's own `next` to bring the skipped partner back
+    /// (once per skipped partner). Answered by `matched` with `resumed: true` on both
+    /// sides, or `error` `undo_unavailable` (the sender keeps its place).
+    UndoNext,
+    /// Sent at any time after `hello` to get the server's STUN/TURN list without joining
+    /// the queue (a setup check). Answered by `ice_servers`.
+    IceServers,
+    /// Sent to never be paired with the partner of `match_id` (the current or last match)
+    /// again while both sessions live. Not a report; bans no one. No reply on success,
+    /// `not_in_match` for an unknown match.
+    Block { match_id: MatchId },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl ClientMessage {
     /// The `type` tags of every client message, to tell `unknown_type` from `invalid`.
-    pub const TYPES: [&'static str; 8] = [
-        "hello", "join", "signal", "chat", "typing", "next", "leave", "report",
+    pub const TYPES: [&'static str; 11] = [
+        "hello",
+        "join",
+        "signal",
+        "chat",
+        "typing",
+        "next",
+        "leave",
+        "report",
+        "undo_next",
+        "ice_servers",
+        "block",
     ];
 }
 
@@ -81,11 +113,14 @@ pub enum ServerMessage {
     /// people in the queue, this one included.
     Queued { waiting: u64 },
     /// Sent to both partners when the server paired them. Exactly one is the offerer.
+    /// `resumed: true` (only ever present as `true`) marks the rematch of an `undo_next`.
     Matched {
         match_id: MatchId,
         role: Role,
         common_interests: Vec<String>,
         ice_servers: Vec<IceServer>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        resumed: bool,
     },
     /// The partner's `signal`, relayed.
     Signal { match_id: MatchId, payload: Value },
@@ -101,6 +136,11 @@ pub enum ServerMessage {
     },
     /// Sent when a message was refused (see [`ErrorCode`] for which codes close the connection).
     Error { code: ErrorCode, message: String },
+    /// Only to clients that sent `hello` with `counts: true`: right after `welcome`, then
+    /// whenever `online` or `waiting` change, at most once a second.
+    Counts { online: u64, waiting: u64 },
+    /// The reply to `ice_servers`: the same list (and credential rules) as in `matched`.
+    IceServers { ice_servers: Vec<IceServer> },
 }
 
 /// What clients put in a signal payload. The server never looks inside; this type is

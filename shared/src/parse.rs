@@ -55,13 +55,21 @@ fn check_id(name: &str, id: &str) -> Result<(), ProtocolError> {
 
 fn validate(msg: ClientMessage) -> Result<ClientMessage, ProtocolError> {
     match msg {
-        ClientMessage::Hello { version, client } => {
+        ClientMessage::Hello {
+            version,
+            client,
+            counts,
+        } => {
             if client.chars().count() > MAX_CLIENT_NAME_CHARS {
                 return Err(ProtocolError::invalid(format!(
                     "client must be at most {MAX_CLIENT_NAME_CHARS} characters"
                 )));
             }
-            Ok(ClientMessage::Hello { version, client })
+            Ok(ClientMessage::Hello {
+                version,
+                client,
+                counts,
+            })
         }
         ClientMessage::Join { interests } => Ok(ClientMessage::Join {
             interests: normalize_interests(&interests)?,
@@ -106,7 +114,14 @@ fn validate(msg: ClientMessage) -> Result<ClientMessage, ProtocolError> {
             }
             Ok(ClientMessage::Report { match_id, reason })
         }
-        m @ (ClientMessage::Next | ClientMessage::Leave) => Ok(m),
+        ClientMessage::Block { match_id } => {
+            check_id("match_id", match_id.as_str())?;
+            Ok(ClientMessage::Block { match_id })
+        }
+        m @ (ClientMessage::Next
+        | ClientMessage::Leave
+        | ClientMessage::UndoNext
+        | ClientMessage::IceServers) => Ok(m),
     }
 }
 
@@ -172,6 +187,10 @@ mod tests {
             r#"{"type":"next"}"#,
             r#"{"type":"leave","extra":[1,2]}"#,
             r#"{"type":"report","match_id":"m","reason":"spam"}"#,
+            r#"{"type":"hello","version":1,"client":"t/1","counts":true}"#,
+            r#"{"type":"undo_next"}"#,
+            r#"{"type":"ice_servers"}"#,
+            r#"{"type":"block","match_id":"m"}"#,
         ];
         for c in cases {
             assert!(parse_client_message(c).is_ok(), "{c}");
@@ -192,6 +211,15 @@ mod tests {
         assert_eq!(code(r#"{"kind":"hello"}"#), ErrorCode::UnknownType);
         assert_eq!(code(r#"{"type":7}"#), ErrorCode::UnknownType);
         assert_eq!(code(r#"{"type":"hello"}"#), ErrorCode::Invalid);
+        assert_eq!(
+            code(r#"{"type":"hello","version":1,"client":"c","counts":"yes"}"#),
+            ErrorCode::Invalid
+        );
+        assert_eq!(code(r#"{"type":"block"}"#), ErrorCode::Invalid);
+        assert_eq!(
+            code(r#"{"type":"block","match_id":""}"#),
+            ErrorCode::Invalid
+        );
         assert_eq!(
             code(r#"{"type":"chat","match_id":"m","text":""}"#),
             ErrorCode::Invalid

@@ -284,6 +284,7 @@ impl Session {
                 self.send(ClientMessage::Hello {
                     version: peer_stream_shared::PROTOCOL_VERSION,
                     client: self.client_name.clone(),
+                    counts: false,
                 });
             }
             Input::ServerLost => {
@@ -336,6 +337,7 @@ impl Session {
                 role,
                 common_interests,
                 ice_servers,
+                ..
             } => {
                 if !self.wants_search {
                     // We pressed Stop while the match was being made: leave it at once.
@@ -417,6 +419,8 @@ impl Session {
                 }
                 self.notify(Notice::Error { code, message });
             }
+            // Replies to requests this machine does not send yet.
+            ServerMessage::Counts { .. } | ServerMessage::IceServers { .. } => {}
         }
     }
 }
@@ -456,6 +460,7 @@ mod tests {
             role,
             common_interests: vec!["music".into()],
             ice_servers: vec![],
+            resumed: false,
         }));
     }
 

@@ -1085,6 +1085,7 @@ impl Msgs {
             hello: ClientMessage::Hello {
                 version: PROTOCOL_VERSION,
                 client: CLIENT_NAME.to_string(),
+                counts: false,
             }
             .to_json()
             .into(),

@@ -68,6 +68,9 @@ pub enum Command {
     Banned {
         ip: IpAddr,
     },
+    /// The bans were reloaded (an operator changed them): close the sessions of every
+    /// address that is banned now.
+    BansChanged,
 }
 
 #[derive(Clone)]
@@ -192,8 +195,10 @@ impl Matchmaker {
                 kick,
                 online,
             } => {
+                // Banned between its connection check and its hello (an operator's ban).
+                let banned = self.moderation.is_banned(ip);
                 self.conns.insert(
-                    session,
+                    session.clone(),
                     Conn {
                         ip,
                         outbox,
@@ -207,6 +212,9 @@ impl Matchmaker {
                     .sessions
                     .store(self.conns.len() as i64, Relaxed);
                 let _ = online.send(self.conns.len() as u64);
+                if banned {
+                    self.close_banned(&session, "this address is banned");
+                }
             }
             Command::Join { session, interests } => self.join(session, interests),
             Command::Next { session } => self.next(session),
@@ -242,21 +250,33 @@ impl Matchmaker {
                     .map(|(s, _)| s.clone())
                     .collect();
                 for s in banned {
-                    self.send_error(
-                        &s,
-                        ErrorCode::Banned,
-                        "you have been banned after reports from other users",
-                    );
-                    self.deliver(
-                        &s,
-                        Message::Close(Some(CloseFrame {
-                            code: CloseCode::Policy,
-                            reason: Utf8Bytes::from_static("banned"),
-                        })),
-                    );
+                    self.close_banned(&s, "you have been banned after reports from other users");
+                }
+            }
+            Command::BansChanged => {
+                let banned: Vec<SessionId> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| self.moderation.is_banned(c.ip))
+                    .map(|(s, _)| s.clone())
+                    .collect();
+                for s in banned {
+                    self.close_banned(&s, "this address is banned");
                 }
             }
         }
+    }
+
+    /// Error `banned`, then close 1008: the connection ends once both are written.
+    fn close_banned(&mut self, session: &SessionId, message: &str) {
+        self.send_error(session, ErrorCode::Banned, message);
+        self.deliver(
+            session,
+            Message::Close(Some(CloseFrame {
+                code: CloseCode::Policy,
+                reason: Utf8Bytes::from_static("banned"),
+            })),
+        );
     }
 
     fn set_state(&mut self, session: &SessionId, state: State) {
@@ -352,6 +372,7 @@ impl Matchmaker {
                 role,
                 common_interests: pair.common_interests.clone(),
                 ice_servers: self.ice.servers_for(me, now),
+                resumed: false,
             };
             self.send(me, &msg);
         }
