@@ -9,7 +9,8 @@
 #   - both packages unpacked into a scratch root (dpkg-deb -x): both binaries answer
 #     --version with the workspace version, from the scratch root and from the tar.gz;
 #   - desktop-file-validate, appstreamcli validate --no-net, systemd-analyze verify and
-#     systemd-analyze security (offline) on the unpacked unit.
+#     systemd-analyze security (offline) on the unpacked unit;
+#   - the macOS .app made from the same configuration: Info.plist usage descriptions.
 # Needs cargo-packager and the validators (scripts/deps.sh --test). Under CI=true a
 # missing tool fails the test; elsewhere it skips with a message. Arguments (e.g.
 # --no-build) go to scripts/package.sh.
@@ -143,4 +144,18 @@ out=$("$work/tar/peer-stream-server-${version}-x86_64-linux/peer-stream-server" 
 [ -f "$work/tar/peer-stream-server-${version}-x86_64-linux/peer-stream-server.service" ] \
   || fail "server tar.gz has no unit"
 
-echo "package-test: ok ($app_deb, $server_deb, both tar.gz; $(tail -1 <<<"$security" | sed 's/^→ //'))"
+# The macOS bundle configuration, checked here too: cargo-packager's .app format runs on
+# Linux (the release workflow signs it and makes the .dmg on macOS). Its Info.plist must
+# carry the camera and microphone usage descriptions, or macOS kills the app on first use.
+cargo packager -p peer-stream --formats app --out-dir "$work/macos" >/dev/null 2>&1 \
+  || cargo packager -p peer-stream --formats app --out-dir "$work/macos" || fail "cargo packager --formats app"
+plist="$work/macos/Peer Stream.app/Contents/Info.plist"
+for key in NSCameraUsageDescription NSMicrophoneUsageDescription CFBundleIconFile; do
+  grep -q "<key>$key</key>" "$plist" || fail "Info.plist has no $key"
+done
+grep -A1 '<key>CFBundleShortVersionString</key>' "$plist" | grep -q "<string>$version</string>" \
+  || fail "Info.plist: CFBundleShortVersionString is not $version"
+[ -x "$work/macos/Peer Stream.app/Contents/MacOS/peer-stream" ] || fail "the .app has no executable"
+[ -s "$work/macos/Peer Stream.app/Contents/Resources/Peer Stream.icns" ] || fail "the .app has no icon"
+
+echo "package-test: ok ($app_deb, $server_deb, both tar.gz, macOS .app layout; $(tail -1 <<<"$security" | sed 's/^→ //'))"
