@@ -191,18 +191,45 @@ async fn serve_asset<S: AsyncWrite + Unpin>(
 }
 
 /// The address we hold responsible for a connection: the socket's peer, or with
-/// `--trust-proxy` the last hop our own proxy appended to X-Forwarded-For.
+/// `--trust-proxy` the address our own proxy put last in X-Forwarded-For.
+///
+/// Only the right-most entry of the last X-Forwarded-For line is used: that is the one
+/// the proxy in front of us appended (nginx's `$proxy_add_x_forwarded_for`, or a proxy
+/// that adds a header line of its own). Everything left of it, and any earlier line,
+/// came from the client and can be forged. An unreadable entry falls back to the
+/// socket's peer (the proxy), never to a client-supplied value.
 fn client_ip(req: &Request, peer: SocketAddr, trust_proxy: bool) -> IpAddr {
-    if trust_proxy {
-        if let Some(ip) = req
-            .header("x-forwarded-for")
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|s| s.trim().parse::<IpAddr>().ok())
-        {
-            return ip;
-        }
+    if !trust_proxy {
+        return peer.ip();
     }
-    peer.ip()
+    let last_hop = req
+        .headers
+        .iter()
+        .rev()
+        .find(|(k, _)| k.eq_ignore_ascii_case("x-forwarded-for"))
+        .and_then(|(_, v)| v.rsplit(',').next())
+        .map(str::trim);
+    match last_hop.map(parse_forwarded_ip) {
+        Some(Some(ip)) => ip,
+        Some(None) => {
+            tracing::debug!(%peer, hop = ?last_hop, "unreadable X-Forwarded-For entry");
+            peer.ip()
+        }
+        None => peer.ip(),
+    }
+}
+
+/// `203.0.113.7`, `2001:db8::1`, and the forms with a port some proxies write
+/// (`203.0.113.7:5678`, `[2001:db8::1]:443`).
+fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
+    s.parse::<IpAddr>()
+        .ok()
+        .or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            s.strip_prefix('[')
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|r| r.parse().ok())
+        })
 }
 
 async fn upgrade<S>(
@@ -296,4 +323,61 @@ async fn upgrade<S>(
     // connection's whole life: a large share of the memory of an idle connection.
     let tracker = shared.tracker.clone();
     tracker.spawn(connection::serve(ws, ip, shared, Some(slot)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(xff: &[&str]) -> Request {
+        Request {
+            method: "GET".into(),
+            path: "/ws".into(),
+            headers: xff
+                .iter()
+                .map(|v| ("X-Forwarded-For".to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn client_ip_takes_the_last_hop_only_behind_a_trusted_proxy() {
+        let proxy: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
+        // Not trusted: the header is ignored entirely.
+        assert_eq!(
+            client_ip(&req(&["203.0.113.7"]), proxy, false),
+            ip("127.0.0.1")
+        );
+        // No header: the socket's peer.
+        assert_eq!(client_ip(&req(&[]), proxy, true), ip("127.0.0.1"));
+        // nginx appends the client's address to whatever the client sent: the left part
+        // is forgeable, the right-most entry is what nginx saw.
+        let forged = req(&["198.51.100.1, 203.0.113.7"]);
+        assert_eq!(client_ip(&forged, proxy, true), ip("203.0.113.7"));
+        // A proxy that adds a header line of its own after the client's forged one.
+        let two_lines = req(&["198.51.100.1", "203.0.113.7"]);
+        assert_eq!(client_ip(&two_lines, proxy, true), ip("203.0.113.7"));
+        // Ports and IPv6.
+        assert_eq!(
+            client_ip(&req(&["203.0.113.7:5678"]), proxy, true),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            client_ip(&req(&["[2001:db8::1]:443"]), proxy, true),
+            ip("2001:db8::1")
+        );
+        assert_eq!(
+            client_ip(&req(&["x, 2001:db8::2 "]), proxy, true),
+            ip("2001:db8::2")
+        );
+        // Unreadable last hop: the proxy's address, never an earlier (client) entry.
+        assert_eq!(
+            client_ip(&req(&["203.0.113.7, unknown"]), proxy, true),
+            ip("127.0.0.1")
+        );
+    }
 }
