@@ -189,7 +189,9 @@ where
         let shared = Arc::clone(&self.shared);
         let Some(session) = self.id.clone() else {
             let ClientMessage::Hello {
-                version, client, ..
+                version,
+                client,
+                counts,
             } = msg
             else {
                 self.reply_error(ErrorCode::HelloRequired, "send hello first")
@@ -215,6 +217,7 @@ where
                     outbox,
                     kick: kick.clone(),
                     online: online_tx,
+                    counts,
                 })
                 .await;
             let Ok(online) = online_rx.await else {
@@ -268,12 +271,9 @@ where
                     frame: frame.to_json().into(),
                 }
             }
-            ClientMessage::UndoNext | ClientMessage::IceServers | ClientMessage::Block { .. } => {
-                // Being implemented (issue 12); refused as invalid until then.
-                self.reply_error(ErrorCode::Invalid, "not supported by this server yet")
-                    .await;
-                return None;
-            }
+            ClientMessage::UndoNext => Command::UndoNext { session },
+            ClientMessage::IceServers => Command::IceServers { session },
+            ClientMessage::Block { match_id } => Command::Block { session, match_id },
             ClientMessage::Typing { match_id, active } => {
                 let frame = ServerMessage::Typing {
                     match_id: match_id.clone(),

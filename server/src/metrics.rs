@@ -11,6 +11,41 @@ const MATCH_BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// How an `undo_next` ended, the label of `peer_stream_undo_total{result=…}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UndoResult {
+    /// The two were matched again (`matched` with `resumed: true`).
+    Resumed,
+    /// No `next` to undo: none yet, already undone, or older than the window.
+    Expired,
+    /// The skipped person disconnected or stopped.
+    Gone,
+    /// The skipped person is already in (or was in) a new match.
+    Busy,
+    /// One of the two blocked the other.
+    Blocked,
+}
+
+impl UndoResult {
+    pub const ALL: [UndoResult; 5] = [
+        UndoResult::Resumed,
+        UndoResult::Expired,
+        UndoResult::Gone,
+        UndoResult::Busy,
+        UndoResult::Blocked,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UndoResult::Resumed => "resumed",
+            UndoResult::Expired => "expired",
+            UndoResult::Gone => "gone",
+            UndoResult::Busy => "busy",
+            UndoResult::Blocked => "blocked",
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
     pub connections: AtomicI64,
@@ -24,6 +59,9 @@ pub struct Metrics {
     pub bans_total: AtomicU64,
     pub slow_readers_total: AtomicU64,
     pub heartbeat_timeouts_total: AtomicU64,
+    pub blocks_total: AtomicU64,
+    pub counts_sent_total: AtomicU64,
+    undo: [AtomicU64; UndoResult::ALL.len()],
     errors: [AtomicU64; ErrorCode::ALL.len()],
     match_buckets: [AtomicU64; MATCH_BUCKETS.len()],
     match_count: AtomicU64,
@@ -34,6 +72,12 @@ impl Metrics {
     pub fn error(&self, code: ErrorCode) {
         if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
             self.errors[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn undo(&self, result: UndoResult) {
+        if let Some(i) = UndoResult::ALL.iter().position(|r| *r == result) {
+            self.undo[i].fetch_add(1, Relaxed);
         }
     }
 
@@ -125,6 +169,27 @@ impl Metrics {
             "Connections dropped for silence.",
             self.heartbeat_timeouts_total.load(Relaxed),
         );
+        counter(
+            &mut o,
+            "peer_stream_blocks_total",
+            "Block requests accepted (a pair that is never matched again).",
+            self.blocks_total.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "peer_stream_counts_sent_total",
+            "Live counts messages sent to subscribed clients.",
+            self.counts_sent_total.load(Relaxed),
+        );
+        o.push_str("# HELP peer_stream_undo_total undo_next requests, by result.\n# TYPE peer_stream_undo_total counter\n");
+        for (i, result) in UndoResult::ALL.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "peer_stream_undo_total{{result=\"{}\"}} {}",
+                result.as_str(),
+                self.undo[i].load(Relaxed)
+            );
+        }
         o.push_str("# HELP peer_stream_errors_total Error replies sent, by code.\n# TYPE peer_stream_errors_total counter\n");
         for (i, code) in ErrorCode::ALL.iter().enumerate() {
             let _ = writeln!(
@@ -166,7 +231,10 @@ mod tests {
         m.observe_time_to_match(Duration::from_millis(30));
         m.observe_time_to_match(Duration::from_secs(3));
         m.error(ErrorCode::BadJson);
+        m.undo(UndoResult::Busy);
         let text = m.render();
+        assert!(text.contains("peer_stream_undo_total{result=\"busy\"} 1"));
+        assert!(text.contains("peer_stream_undo_total{result=\"resumed\"} 0"));
         assert!(text.contains("peer_stream_time_to_match_seconds_bucket{le=\"0.05\"} 1"));
         assert!(text.contains("peer_stream_time_to_match_seconds_bucket{le=\"5\"} 2"));
         assert!(text.contains("peer_stream_time_to_match_seconds_bucket{le=\"+Inf\"} 2"));

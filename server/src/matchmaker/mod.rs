@@ -9,7 +9,7 @@
 pub mod queue;
 
 use crate::ice::IceConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UndoResult};
 use crate::moderation::{Moderation, Report};
 use peer_stream_shared::{ErrorCode, MatchId, PartnerLeftReason, Role, ServerMessage, SessionId};
 use queue::{MatchQueue, Pair};
@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -26,6 +26,12 @@ use tokio_util::sync::CancellationToken;
 
 /// How many matches back a user can report: the current (or last) one and the one before.
 const REPORTABLE_MATCHES: usize = 2;
+
+/// How long after its own `next` a session may send `undo_next` (PROTOCOL.md).
+pub const UNDO_WINDOW: Duration = Duration::from_secs(5);
+
+/// A `counts` subscriber gets at most one `counts` message per this interval.
+pub const COUNTS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Frames queued for one connection's socket.
 pub type Outbox = mpsc::Sender<Message>;
@@ -39,6 +45,8 @@ pub enum Command {
         outbox: Outbox,
         kick: CancellationToken,
         online: oneshot::Sender<u64>,
+        /// The `hello` asked for live `counts` messages.
+        counts: bool,
     },
     Join {
         session: SessionId,
@@ -63,6 +71,19 @@ pub enum Command {
     },
     Disconnect {
         session: SessionId,
+    },
+    /// Bring back the partner skipped by this session's last `next` (within [`UNDO_WINDOW`]).
+    UndoNext {
+        session: SessionId,
+    },
+    /// Reply with the ICE server list, without touching the queue or the match.
+    IceServers {
+        session: SessionId,
+    },
+    /// Never pair this session with the partner of `match_id` (current or last match).
+    Block {
+        session: SessionId,
+        match_id: MatchId,
     },
     /// An address was just banned: close its connections.
     Banned {
@@ -98,12 +119,32 @@ struct PastMatch {
     partner_ip: IpAddr,
 }
 
+/// What a session's last `next` skipped, so `undo_next` can bring it back.
+struct UndoTicket {
+    partner: SessionId,
+    /// The match the `next` ended.
+    match_id: MatchId,
+    until: Instant,
+}
+
+/// The `counts` numbers a subscriber was last sent, and when.
+struct CountsSent {
+    numbers: (u64, u64),
+    at: Instant,
+}
+
 struct Conn {
     ip: IpAddr,
     outbox: Outbox,
     kick: CancellationToken,
     state: State,
     interests: Vec<String>,
+    /// Set by a `next` that ended a match; taken by `undo_next`, dropped by `leave`.
+    undo: Option<UndoTicket>,
+    /// Idle because it sent `leave` (not because its partner left): undo leaves it alone.
+    stopped: bool,
+    /// `Some` when the session asked for live counts.
+    counts: Option<CountsSent>,
     /// The current (or last) match and the one before it, newest first, so a partner
     /// can still be reported after a skip that led straight into a new match.
     recent_matches: VecDeque<PastMatch>,
@@ -122,6 +163,12 @@ pub struct Matchmaker {
     metrics: Arc<Metrics>,
     moderation: Moderation,
     self_tx: mpsc::Sender<Command>,
+    /// Sessions that asked for live counts.
+    count_subscribers: usize,
+    /// The numbers at the last counts tick, and whether a subscriber may still be owed
+    /// newer ones (a fresh subscriber, or one skipped because it got counts < 1 s ago).
+    counts_last: (u64, u64),
+    counts_dirty: bool,
 }
 
 /// Starts the matchmaker task; it stops when `shutdown` is cancelled.
@@ -142,6 +189,9 @@ pub fn spawn(
         metrics,
         moderation,
         self_tx: tx.clone(),
+        count_subscribers: 0,
+        counts_last: (0, 0),
+        counts_dirty: false,
     };
     tracker.spawn(mm.run(rx, shutdown));
     MatchmakerHandle { tx }
@@ -163,6 +213,8 @@ impl Matchmaker {
         // (most commands are relays that never touch it).
         let mut deadline = None;
         let mut seen_version = None;
+        let mut counts_tick = tokio::time::interval(COUNTS_INTERVAL);
+        counts_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if seen_version != Some(self.queue.version()) {
                 seen_version = Some(self.queue.version());
@@ -180,6 +232,7 @@ impl Matchmaker {
                         self.start_match(pair);
                     }
                 }
+                at = counts_tick.tick() => self.send_counts(at.into_std()),
             }
             self.metrics.waiting.store(self.queue.len() as i64, Relaxed);
         }
@@ -194,9 +247,11 @@ impl Matchmaker {
                 outbox,
                 kick,
                 online,
+                counts,
             } => {
                 // Banned between its connection check and its hello (an operator's ban).
                 let banned = self.moderation.is_banned(ip);
+                let numbers = (self.conns.len() as u64 + 1, self.queue.len() as u64);
                 self.conns.insert(
                     session.clone(),
                     Conn {
@@ -206,6 +261,12 @@ impl Matchmaker {
                         state: State::Idle,
                         interests: Vec::new(),
                         recent_matches: VecDeque::with_capacity(REPORTABLE_MATCHES),
+                        undo: None,
+                        stopped: false,
+                        counts: counts.then(|| CountsSent {
+                            numbers,
+                            at: Instant::now(),
+                        }),
                     },
                 );
                 self.metrics
@@ -214,6 +275,19 @@ impl Matchmaker {
                 let _ = online.send(self.conns.len() as u64);
                 if banned {
                     self.close_banned(&session, "this address is banned");
+                } else if counts {
+                    // The connection task writes `welcome` itself before it reads its
+                    // outbox again, so this lands right after `welcome` on the wire.
+                    self.count_subscribers += 1;
+                    self.counts_dirty = true;
+                    self.metrics.counts_sent_total.fetch_add(1, Relaxed);
+                    self.send(
+                        &session,
+                        &ServerMessage::Counts {
+                            online: numbers.0,
+                            waiting: numbers.1,
+                        },
+                    );
                 }
             }
             Command::Join { session, interests } => self.join(session, interests),
@@ -222,6 +296,10 @@ impl Matchmaker {
                 self.end_current(&session, PartnerLeftReason::Left);
                 if self.queue.remove(&session) {
                     self.set_state(&session, State::Idle);
+                }
+                if let Some(c) = self.conns.get_mut(&session) {
+                    c.undo = None;
+                    c.stopped = true;
                 }
             }
             Command::Relay {
@@ -237,11 +315,21 @@ impl Matchmaker {
             Command::Disconnect { session } => {
                 self.end_current(&session, PartnerLeftReason::Disconnected);
                 self.queue.forget(&session);
-                self.conns.remove(&session);
+                if let Some(c) = self.conns.remove(&session) {
+                    if c.counts.is_some() {
+                        self.count_subscribers = self.count_subscribers.saturating_sub(1);
+                    }
+                }
                 self.metrics
                     .sessions
                     .store(self.conns.len() as i64, Relaxed);
             }
+            Command::UndoNext { session } => self.undo_next(session),
+            Command::IceServers { session } => {
+                let ice_servers = self.ice.servers_for(&session, SystemTime::now());
+                self.send(&session, &ServerMessage::IceServers { ice_servers });
+            }
+            Command::Block { session, match_id } => self.block(session, match_id),
             Command::Banned { ip } => {
                 let banned: Vec<SessionId> = self
                     .conns
@@ -298,6 +386,7 @@ impl Matchmaker {
             return;
         }
         conn.interests = interests;
+        conn.stopped = false;
         self.enqueue(session);
     }
 
@@ -305,8 +394,160 @@ impl Matchmaker {
         if !self.conns.contains_key(&session) {
             return;
         }
-        self.end_current(&session, PartnerLeftReason::Skipped);
+        let skipped = self.end_current(&session, PartnerLeftReason::Skipped);
+        if let Some(c) = self.conns.get_mut(&session) {
+            c.stopped = false;
+            if let Some((match_id, partner)) = skipped {
+                c.undo = Some(UndoTicket {
+                    partner,
+                    match_id,
+                    until: Instant::now() + UNDO_WINDOW,
+                });
+            }
+        }
         self.enqueue(session);
+    }
+
+    /// `undo_next`: re-pairs `session` with the partner its last `next` skipped, if that
+    /// `next` was at most [`UNDO_WINDOW`] ago, the partner is still connected and has not
+    /// moved on (waiting, or idle after `partner_left`), and neither blocked the other.
+    /// A match the skipper got in the meantime ends first (its partner is re-queued).
+    /// Otherwise `undo_unavailable`, and the sender keeps its place.
+    fn undo_next(&mut self, session: SessionId) {
+        let now = Instant::now();
+        let Some(conn) = self.conns.get_mut(&session) else {
+            return;
+        };
+        // One attempt per `next`: the ticket is used up whatever the outcome.
+        let Some(ticket) = conn.undo.take().filter(|t| now <= t.until) else {
+            return self.refuse_undo(
+                &session,
+                UndoResult::Expired,
+                "nothing to undo: undo works once, within 5 seconds of your own next",
+            );
+        };
+        let partner = ticket.partner;
+        let refusal = match self.conns.get(&partner) {
+            None => Some((UndoResult::Gone, "the stranger has left")),
+            Some(p) if p.stopped && p.state == State::Idle => {
+                Some((UndoResult::Gone, "the stranger has stopped"))
+            }
+            Some(p)
+                if matches!(p.state, State::InMatch(_))
+                    || p.recent_matches.front().map(|m| &m.match_id) != Some(&ticket.match_id) =>
+            {
+                Some((
+                    UndoResult::Busy,
+                    "the stranger is already talking to someone new",
+                ))
+            }
+            Some(_) if self.queue.blocked(&session, &partner) => Some((
+                UndoResult::Blocked,
+                "you can't be matched with this stranger again",
+            )),
+            Some(_) => None,
+        };
+        if let Some((result, message)) = refusal {
+            return self.refuse_undo(&session, result, message);
+        }
+        self.queue.remove(&session);
+        self.queue.remove(&partner);
+        // A match the skipper got right after its `next` ends first; that partner goes
+        // back to the queue on its own.
+        let third = self
+            .end_current(&session, PartnerLeftReason::Skipped)
+            .map(|(_, p)| p);
+        let common_interests = match (self.conns.get(&partner), self.conns.get(&session)) {
+            (Some(p), Some(s)) => p
+                .interests
+                .iter()
+                .filter(|i| s.interests.contains(i))
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
+        self.metrics.undo(UndoResult::Resumed);
+        self.open_match(
+            Pair {
+                first: partner,
+                second: session,
+                common_interests,
+                first_waited: Duration::ZERO,
+                second_waited: Duration::ZERO,
+            },
+            true,
+        );
+        if let Some(third) = third {
+            self.enqueue(third);
+        }
+    }
+
+    fn refuse_undo(&mut self, session: &SessionId, result: UndoResult, message: &str) {
+        self.metrics.undo(result);
+        self.send_error(session, ErrorCode::UndoUnavailable, message);
+    }
+
+    /// `block`: the partner of `match_id` (the current or a recent match) and `session`
+    /// are never paired again while both live. No reply on success.
+    fn block(&mut self, session: SessionId, match_id: MatchId) {
+        let Some(conn) = self.conns.get(&session) else {
+            return;
+        };
+        let Some(past) = conn.recent_matches.iter().find(|p| p.match_id == match_id) else {
+            self.send_error(
+                &session,
+                ErrorCode::NotInMatch,
+                "you can block only your current or previous partner",
+            );
+            return;
+        };
+        let partner = past.partner.clone();
+        self.metrics.blocks_total.fetch_add(1, Relaxed);
+        // A partner that is gone never comes back (session ids are not reused): nothing
+        // to remember, and nothing left behind for `forget` to clean.
+        if self.conns.contains_key(&partner) {
+            self.queue.block(&session, &partner);
+        }
+    }
+
+    /// The counts tick: sends `counts` to every subscriber whose last numbers differ from
+    /// the current ones, unless it got some less than [`COUNTS_INTERVAL`] ago (then it
+    /// gets the newest numbers at a later tick). Does nothing when nothing changed.
+    fn send_counts(&mut self, at: Instant) {
+        let numbers = (self.conns.len() as u64, self.queue.len() as u64);
+        if numbers == self.counts_last && !self.counts_dirty {
+            return;
+        }
+        self.counts_last = numbers;
+        self.counts_dirty = false;
+        if self.count_subscribers == 0 {
+            return;
+        }
+        let msg = Message::text(
+            ServerMessage::Counts {
+                online: numbers.0,
+                waiting: numbers.1,
+            }
+            .to_json(),
+        );
+        let mut sent = 0;
+        for (session, conn) in &mut self.conns {
+            let Some(last) = conn.counts.as_mut() else {
+                continue;
+            };
+            if last.numbers == numbers {
+                continue;
+            }
+            if at.saturating_duration_since(last.at) < COUNTS_INTERVAL {
+                self.counts_dirty = true;
+                continue;
+            }
+            last.numbers = numbers;
+            last.at = at;
+            sent += 1;
+            push(conn, session, msg.clone(), &self.metrics);
+        }
+        self.metrics.counts_sent_total.fetch_add(sent, Relaxed);
     }
 
     /// Puts a session in the queue (keeping its place if already there), tells it so,
@@ -326,6 +567,12 @@ impl Matchmaker {
     }
 
     fn start_match(&mut self, pair: Pair) {
+        self.open_match(pair, false);
+    }
+
+    /// Opens a match between the two sessions of `pair` (`first` is the offerer);
+    /// `resumed` marks the rematch of an `undo_next`.
+    fn open_match(&mut self, pair: Pair, resumed: bool) {
         let match_id = MatchId(new_id());
         let now = SystemTime::now();
         let (Some(ip_a), Some(ip_b)) = (
@@ -366,13 +613,15 @@ impl Matchmaker {
                     partner_ip: other_ip,
                 });
             }
-            self.metrics.observe_time_to_match(waited);
+            if !resumed {
+                self.metrics.observe_time_to_match(waited);
+            }
             let msg = ServerMessage::Matched {
                 match_id: match_id.clone(),
                 role,
                 common_interests: pair.common_interests.clone(),
                 ice_servers: self.ice.servers_for(me, now),
-                resumed: false,
+                resumed,
             };
             self.send(me, &msg);
         }
@@ -388,22 +637,32 @@ impl Matchmaker {
     }
 
     /// Ends `session`'s current match, if any: the partner is told why and becomes idle.
-    fn end_current(&mut self, session: &SessionId, reason: PartnerLeftReason) {
+    /// Returns the match that ended and the partner.
+    fn end_current(
+        &mut self,
+        session: &SessionId,
+        reason: PartnerLeftReason,
+    ) -> Option<(MatchId, SessionId)> {
         let Some(State::InMatch(match_id)) = self.conns.get(session).map(|c| &c.state) else {
-            return;
+            return None;
         };
         let match_id = match_id.clone();
         self.set_state(session, State::Idle);
-        let Some(m) = self.matches.remove(&match_id) else {
-            return;
-        };
+        let m = self.matches.remove(&match_id)?;
         self.metrics.active_matches.fetch_sub(1, Relaxed);
         let partner = if &m.a == session { m.b } else { m.a };
         if reason != PartnerLeftReason::Disconnected {
             self.queue.record_skip(session, &partner, Instant::now());
         }
         self.set_state(&partner, State::Idle);
-        self.send(&partner, &ServerMessage::PartnerLeft { match_id, reason });
+        self.send(
+            &partner,
+            &ServerMessage::PartnerLeft {
+                match_id: match_id.clone(),
+                reason,
+            },
+        );
+        Some((match_id, partner))
     }
 
     fn relay(&mut self, session: SessionId, match_id: MatchId, frame: Utf8Bytes) {
@@ -482,20 +741,24 @@ impl Matchmaker {
     /// Queues a frame for a session. A full outbox means the client stopped reading:
     /// it is disconnected rather than buffered without bound.
     fn deliver(&mut self, session: &SessionId, msg: Message) {
-        let Some(conn) = self.conns.get(session) else {
-            return;
-        };
-        match conn.outbox.try_send(msg) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !conn.kick.is_cancelled() {
-                    tracing::info!(%session, "disconnecting a slow reader");
-                    self.metrics.slow_readers_total.fetch_add(1, Relaxed);
-                    conn.kick.cancel();
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        if let Some(conn) = self.conns.get(session) {
+            push(conn, session, msg, &self.metrics);
         }
+    }
+}
+
+/// Queues a frame in one connection's outbox; a full outbox kicks the connection.
+fn push(conn: &Conn, session: &SessionId, msg: Message, metrics: &Metrics) {
+    match conn.outbox.try_send(msg) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            if !conn.kick.is_cancelled() {
+                tracing::info!(%session, "disconnecting a slow reader");
+                metrics.slow_readers_total.fetch_add(1, Relaxed);
+                conn.kick.cancel();
+            }
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {}
     }
 }
 

@@ -4,6 +4,7 @@
 //! Rules, in order of precedence:
 //! - nobody is paired with themselves, and a paired session leaves the queue at once;
 //! - two sessions that just skipped each other are not paired until their cooldown ends;
+//! - two sessions one of which blocked the other are never paired (while both live);
 //! - people who share an interest are paired first;
 //! - someone with interests is "open to anyone" only after waiting `fallback`;
 //!   someone without interests is open to anyone from the start; two open people match;
@@ -11,7 +12,7 @@
 //!   compatible partner.
 
 use peer_stream_shared::SessionId;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug)]
@@ -47,6 +48,9 @@ pub struct MatchQueue {
     version: u64,
     /// Expired cooldowns are swept when the map reaches this size.
     prune_at: usize,
+    /// Blocked pairs, stored in both directions so a disconnect drops its entries in
+    /// O(its blocks): session → the sessions it must never be paired with.
+    blocks: HashMap<SessionId, HashSet<SessionId>>,
 }
 
 const MIN_PRUNE_AT: usize = 4096;
@@ -70,6 +74,7 @@ impl MatchQueue {
             cooldowns: HashMap::new(),
             version: 0,
             prune_at: MIN_PRUNE_AT,
+            blocks: HashMap::new(),
         }
     }
 
@@ -143,11 +148,43 @@ impl MatchQueue {
         self.cooldowns.insert(pair_key(a, b), now + self.cooldown);
     }
 
-    /// A session disconnected: it leaves the queue. Its cooldown entries (its id never
-    /// comes back) are dropped with the other expired ones in `record_skip`, so a
-    /// disconnect costs O(1) instead of a scan of every cooldown.
+    /// Records that `a` blocked `b` (or the reverse; it is symmetric): the two are never
+    /// paired again until one of them is forgotten. Not a skip: no cooldown is involved.
+    pub fn block(&mut self, a: &SessionId, b: &SessionId) {
+        if a == b {
+            return;
+        }
+        self.version += 1;
+        self.blocks.entry(a.clone()).or_default().insert(b.clone());
+        self.blocks.entry(b.clone()).or_default().insert(a.clone());
+    }
+
+    /// Whether `a` and `b` must never be paired (one blocked the other).
+    pub fn blocked(&self, a: &SessionId, b: &SessionId) -> bool {
+        self.blocks.get(a).is_some_and(|set| set.contains(b))
+    }
+
+    /// A session disconnected: it leaves the queue and its blocks are dropped (in both
+    /// directions). Its cooldown entries (its id never comes back) are dropped with the
+    /// other expired ones in `record_skip`, so a disconnect costs O(its blocks) instead
+    /// of a scan of every cooldown.
     pub fn forget(&mut self, session: &SessionId) {
         self.remove(session);
+        if let Some(others) = self.blocks.remove(session) {
+            for other in others {
+                if let Some(set) = self.blocks.get_mut(&other) {
+                    set.remove(session);
+                    if set.is_empty() {
+                        self.blocks.remove(&other);
+                    }
+                }
+            }
+        }
+    }
+
+    /// How many sessions have at least one block (for tests: disconnects drop them).
+    pub fn blocking_sessions(&self) -> usize {
+        self.blocks.len()
     }
 
     /// Pairs everyone who can be paired now, longest waiter first. Afterwards no two
@@ -218,7 +255,9 @@ impl MatchQueue {
             if *other_seq == seq || other.session == me.session {
                 continue;
             }
-            if self.cooling(&me.session, &other.session, now) {
+            if self.cooling(&me.session, &other.session, now)
+                || self.blocked(&me.session, &other.session)
+            {
                 continue;
             }
             if !me.interests.is_empty() && me.interests.iter().any(|i| other.interests.contains(i))
@@ -261,7 +300,7 @@ impl MatchQueue {
         ) else {
             return false;
         };
-        if wa.session == wb.session || self.cooling(a, b, now) {
+        if wa.session == wb.session || self.cooling(a, b, now) || self.blocked(a, b) {
             return false;
         }
         !Self::common(wa, wb).is_empty()
@@ -371,6 +410,42 @@ mod tests {
     }
 
     #[test]
+    fn blocked_pairs_are_never_paired() {
+        let t0 = Instant::now();
+        let mut q = MatchQueue::new(FB, CD);
+        q.block(&s(2), &s(1));
+        assert!(
+            q.blocked(&s(1), &s(2)) && q.blocked(&s(2), &s(1)),
+            "symmetric"
+        );
+        assert_eq!(q.push(s(1), vec![], t0), None);
+        assert_eq!(q.push(s(2), vec![], t0), None, "blocked: not paired");
+        // Unlike a cooldown, time does not lift a block.
+        assert!(q.poll(t0 + CD * 10).is_empty());
+        assert_eq!(q.next_deadline(t0), None, "no deadline can pair them");
+        let p = q.push(s(3), vec![], t0).expect("a third person pairs");
+        assert_eq!((p.first, p.second), (s(1), s(3)));
+        assert_eq!(q.waiting().cloned().collect::<Vec<_>>(), vec![s(2)]);
+        // Blocking yourself is a no-op.
+        q.block(&s(4), &s(4));
+        assert!(!q.blocked(&s(4), &s(4)));
+    }
+
+    #[test]
+    fn forgetting_a_session_drops_its_blocks() {
+        let t0 = Instant::now();
+        let mut q = MatchQueue::new(FB, CD);
+        q.block(&s(1), &s(2));
+        q.block(&s(1), &s(3));
+        assert_eq!(q.blocking_sessions(), 3);
+        q.forget(&s(1));
+        assert_eq!(q.blocking_sessions(), 0, "both directions dropped");
+        assert!(!q.blocked(&s(2), &s(1)));
+        q.push(s(2), vec![], t0);
+        assert!(q.push(s(3), vec![], t0).is_some());
+    }
+
+    #[test]
     fn pushing_twice_keeps_one_entry() {
         let t0 = Instant::now();
         let mut q = MatchQueue::new(FB, CD);
@@ -405,6 +480,8 @@ mod tests {
         assert!(changed(&q), "poll");
         q.remove(&s(1));
         assert!(changed(&q), "remove");
+        q.block(&s(1), &s(2));
+        assert!(changed(&q), "block");
         assert!(!changed(&q), "nothing happened");
     }
 
@@ -413,6 +490,7 @@ mod tests {
         Push(u32, Vec<String>),
         Remove(u32),
         Skip(u32, u32),
+        Block(u32, u32),
         Advance(u64),
         Poll,
     }
@@ -423,6 +501,7 @@ mod tests {
             4 => (0u32..12, prop::collection::vec(interest, 0..3)).prop_map(|(n, i)| Op::Push(n, i)),
             1 => (0u32..12).prop_map(Op::Remove),
             1 => (0u32..12, 0u32..12).prop_map(|(a, b)| Op::Skip(a, b)),
+            1 => (0u32..12, 0u32..12).prop_map(|(a, b)| Op::Block(a, b)),
             2 => (0u64..4000).prop_map(Op::Advance),
             2 => Just(Op::Poll),
         ]
@@ -445,6 +524,7 @@ mod tests {
             let mut interests: HashMap<SessionId, Vec<String>> = HashMap::new();
             let mut joined_at: HashMap<SessionId, Instant> = HashMap::new();
             let mut skips: HashMap<(SessionId, SessionId), Instant> = HashMap::new();
+            let mut blocks: HashSet<(SessionId, SessionId)> = HashSet::new();
             for op in ops {
                 let mut pairs = Vec::new();
                 match op {
@@ -462,6 +542,12 @@ mod tests {
                     Op::Skip(a, b) => {
                         q.record_skip(&s(a), &s(b), now);
                         skips.insert(pair_key(&s(a), &s(b)), now + cooldown);
+                    }
+                    Op::Block(a, b) => {
+                        q.block(&s(a), &s(b));
+                        if a != b {
+                            blocks.insert(pair_key(&s(a), &s(b)));
+                        }
                     }
                     Op::Advance(ms) => now += Duration::from_millis(ms),
                     Op::Poll => {
@@ -483,6 +569,7 @@ mod tests {
                     if let Some(until) = skips.get(&pair_key(&p.first, &p.second)) {
                         prop_assert!(*until <= now, "re-paired during cooldown");
                     }
+                    prop_assert!(!blocks.contains(&pair_key(&p.first, &p.second)), "paired a blocked pair");
                     let ia = &interests[&p.first];
                     let ib = &interests[&p.second];
                     let shares = ia.iter().any(|x| ib.contains(x));
