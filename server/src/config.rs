@@ -97,11 +97,12 @@ pub struct Config {
     #[arg(long, env = "PEER_STREAM_TRUST_PROXY", default_value_t = false)]
     pub trust_proxy: bool,
 
-    /// SQLite file that keeps reports and bans.
+    /// SQLite file that keeps reports and bans (also for the `bans`/`reports` commands).
     #[arg(
         long = "db",
         env = "PEER_STREAM_DB",
-        default_value = "peer-stream.sqlite3"
+        default_value = "peer-stream.sqlite3",
+        global = true
     )]
     pub db_path: PathBuf,
 

@@ -84,6 +84,12 @@ pub async fn run(
         token.clone(),
         &tracker,
     );
+    // Bans added or removed by the operator's CLI (another process) apply within seconds.
+    tracker.spawn(moderation.clone().watch(
+        moderation::BAN_POLL_INTERVAL,
+        matchmaker.clone(),
+        token.clone(),
+    ));
     let shared = Arc::new(Shared {
         limiter: ConnectionLimiter::new(config.max_conns_per_ip, config.max_connections),
         config,

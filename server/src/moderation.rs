@@ -1,16 +1,36 @@
 //! Reports and bans, kept in a SQLite file so they survive restarts.
 //!
-//! Bans are by IP address: a session id lives only as long as its connection, so a ban on
-//! it would end at the next reconnect. Active bans are mirrored in memory so that checking
-//! a new connection never touches the disk.
+//! Bans are by IP address or CIDR range: a session id lives only as long as its
+//! connection, so a ban on it would end at the next reconnect. Active bans are mirrored in
+//! memory so that checking a new connection never touches the disk.
+//!
+//! The file is shared with the operator's `peer-stream-server bans …` / `reports …`
+//! commands, which run as other processes while the server is up (WAL mode, a busy
+//! timeout). The server notices their writes through `PRAGMA data_version` ([`Moderation::watch`])
+//! and reloads its mirror within [`BAN_POLL_INTERVAL`].
+//!
+//! Schema history (`PRAGMA user_version`): 0 = release 0.1.0 (`bans.ip` held single
+//! addresses); 1 = `bans.ip` may also hold a CIDR range (`203.0.113.0/24`). The columns did
+//! not change, so a file from 0.1.0 is upgraded in place by setting the version.
 
+use crate::matchmaker::{Command, MatchmakerHandle};
 use anyhow::Context;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OpenFlags};
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+
+/// How often a running server looks for bans changed by another process.
+pub const BAN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The newest schema this release reads and writes (see the module docs).
+const SCHEMA_VERSION: i64 = 1;
 
 #[derive(Clone)]
 pub struct Moderation {
@@ -19,8 +39,10 @@ pub struct Moderation {
 
 struct Inner {
     db: Mutex<Connection>,
-    /// Banned address → unix time the ban ends.
-    bans: RwLock<HashMap<IpAddr, i64>>,
+    /// Active bans, mirrored from the `bans` table.
+    bans: RwLock<Bans>,
+    /// `PRAGMA data_version` when the mirror was last loaded.
+    data_version: AtomicI64,
     threshold: u32,
     window: Duration,
     duration: Duration,
@@ -37,6 +59,150 @@ pub struct Report {
     pub reason: String,
 }
 
+/// What a ban covers: one address, or a CIDR range of them. IPv4-mapped IPv6 addresses
+/// (`::ffff:192.0.2.1`, what a dual-stack listener reports for IPv4 clients) count as the
+/// IPv4 address they map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BanTarget {
+    /// The network address (host bits zero).
+    addr: IpAddr,
+    prefix: u8,
+}
+
+fn max_prefix(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let bits = u32::from(v4);
+            let m = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(bits & m))
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let m = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(bits & m))
+        }
+    }
+}
+
+impl BanTarget {
+    /// A ban on exactly `ip`.
+    pub fn single(ip: IpAddr) -> Self {
+        let addr = ip.to_canonical();
+        Self {
+            addr,
+            prefix: max_prefix(addr),
+        }
+    }
+
+    /// The network address (the address itself for a single-address ban).
+    pub fn network(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// True for a single address, false for a wider range.
+    pub fn is_single(&self) -> bool {
+        self.prefix == max_prefix(self.addr)
+    }
+
+    /// Whether `ip` is inside this target.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.prefix) == self.addr
+    }
+}
+
+impl FromStr for BanTarget {
+    type Err = String;
+
+    /// `203.0.113.7`, `2001:db8::1`, `203.0.113.0/24`, `2001:db8::/32`. Host bits in a
+    /// range are cleared (`203.0.113.7/24` is `203.0.113.0/24`); a /32 (IPv4) or /128
+    /// (IPv6) range is the single address.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let text = s.trim();
+        let example = "e.g. 203.0.113.7, 2001:db8::1, 203.0.113.0/24 or 2001:db8::/32";
+        let (addr_text, prefix_text) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr_text
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or a CIDR range ({example})"))?;
+        let Some(prefix_text) = prefix_text else {
+            return Ok(Self::single(addr));
+        };
+        let max = max_prefix(addr);
+        let prefix: u8 = prefix_text
+            .parse()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| {
+                format!("{s:?}: the prefix length after '/' must be a number from 0 to {max}")
+            })?;
+        // An IPv4-mapped IPv6 range with a /96 or longer prefix is an IPv4 range.
+        let (addr, prefix) = match addr {
+            IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
+                Some(v4) => (IpAddr::V4(v4), prefix - 96),
+                None => (addr, prefix),
+            },
+            _ => (addr, prefix),
+        };
+        Ok(Self {
+            addr: mask(addr, prefix),
+            prefix,
+        })
+    }
+}
+
+impl fmt::Display for BanTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_single() {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.prefix)
+        }
+    }
+}
+
+/// The in-memory mirror of the active bans: single addresses in a map, ranges in a list
+/// (an operator bans a handful of ranges, not thousands).
+#[derive(Default)]
+struct Bans {
+    exact: HashMap<IpAddr, i64>,
+    ranges: Vec<(BanTarget, i64)>,
+}
+
+impl Bans {
+    fn insert(&mut self, target: BanTarget, until: i64) {
+        if target.is_single() {
+            self.exact.insert(target.addr, until);
+        } else {
+            self.ranges.retain(|(t, _)| *t != target);
+            self.ranges.push((target, until));
+        }
+    }
+
+    fn covers(&self, ip: IpAddr, now: i64) -> bool {
+        let ip = ip.to_canonical();
+        self.exact.get(&ip).is_some_and(|until| *until > now)
+            || self
+                .ranges
+                .iter()
+                .any(|(t, until)| *until > now && t.contains(ip))
+    }
+
+    fn len(&self) -> usize {
+        self.exact.len() + self.ranges.len()
+    }
+}
+
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -46,6 +212,71 @@ fn unix_now() -> i64 {
 
 fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Pragmas and tables, created when missing; upgrades a file of an older schema in place.
+fn prepare(db: &Connection, path: &Path) -> anyhow::Result<()> {
+    db.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         PRAGMA busy_timeout = 5000;",
+    )
+    .with_context(|| format!("preparing the database {}", path.display()))?;
+    let version: i64 = db
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .with_context(|| format!("reading the schema version of {}", path.display()))?;
+    if version > SCHEMA_VERSION {
+        anyhow::bail!(
+            "the database {} has schema version {version}, newer than this release knows \
+             ({SCHEMA_VERSION}); use a newer peer-stream-server",
+            path.display()
+        );
+    }
+    db.execute_batch(
+        "CREATE TABLE IF NOT EXISTS reports (
+             id INTEGER PRIMARY KEY,
+             created_at INTEGER NOT NULL,
+             reporter_session TEXT NOT NULL,
+             reporter_ip TEXT NOT NULL,
+             reported_session TEXT NOT NULL,
+             reported_ip TEXT NOT NULL,
+             match_id TEXT NOT NULL,
+             reason TEXT NOT NULL
+         );
+         CREATE INDEX IF NOT EXISTS reports_by_ip ON reports (reported_ip, created_at);
+         CREATE TABLE IF NOT EXISTS bans (
+             ip TEXT PRIMARY KEY,
+             until INTEGER NOT NULL,
+             reason TEXT NOT NULL,
+             created_at INTEGER NOT NULL
+         );",
+    )
+    .with_context(|| format!("preparing the database {}", path.display()))?;
+    if version < SCHEMA_VERSION {
+        // 0 → 1: `bans.ip` may hold a CIDR range from now on; no row changes.
+        db.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .with_context(|| format!("upgrading the database {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The bans still in force.
+fn load_bans(db: &Connection, now: i64) -> anyhow::Result<Bans> {
+    let mut bans = Bans::default();
+    let mut stmt = db.prepare("SELECT ip, until FROM bans WHERE until > ?1")?;
+    let rows = stmt.query_map([now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (ip, until) = row?;
+        match ip.parse::<BanTarget>() {
+            Ok(target) => bans.insert(target, until),
+            Err(_) => tracing::warn!(%ip, "ignoring a ban with an unreadable address"),
+        }
+    }
+    Ok(bans)
+}
+
+fn data_version(db: &Connection) -> anyhow::Result<i64> {
+    Ok(db.query_row("PRAGMA data_version", [], |r| r.get(0))?)
 }
 
 impl Moderation {
@@ -62,50 +293,15 @@ impl Moderation {
         }
         let db = Connection::open(path)
             .with_context(|| format!("opening the database {}", path.display()))?;
-        db.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             PRAGMA busy_timeout = 5000;
-             CREATE TABLE IF NOT EXISTS reports (
-                 id INTEGER PRIMARY KEY,
-                 created_at INTEGER NOT NULL,
-                 reporter_session TEXT NOT NULL,
-                 reporter_ip TEXT NOT NULL,
-                 reported_session TEXT NOT NULL,
-                 reported_ip TEXT NOT NULL,
-                 match_id TEXT NOT NULL,
-                 reason TEXT NOT NULL
-             );
-             CREATE INDEX IF NOT EXISTS reports_by_ip ON reports (reported_ip, created_at);
-             CREATE TABLE IF NOT EXISTS bans (
-                 ip TEXT PRIMARY KEY,
-                 until INTEGER NOT NULL,
-                 reason TEXT NOT NULL,
-                 created_at INTEGER NOT NULL
-             );",
-        )
-        .with_context(|| format!("preparing the database {}", path.display()))?;
-        let now = unix_now();
-        let mut bans = HashMap::new();
-        {
-            let mut stmt = db.prepare("SELECT ip, until FROM bans WHERE until > ?1")?;
-            let rows =
-                stmt.query_map([now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-            for row in rows {
-                let (ip, until) = row?;
-                match ip.parse::<IpAddr>() {
-                    Ok(ip) => {
-                        bans.insert(ip, until);
-                    }
-                    Err(_) => tracing::warn!(%ip, "ignoring a ban with an unreadable address"),
-                }
-            }
-        }
+        prepare(&db, path)?;
+        let bans = load_bans(&db, unix_now())?;
+        let version = data_version(&db)?;
         tracing::info!(path = %path.display(), active_bans = bans.len(), "moderation database open");
         Ok(Self {
             inner: Arc::new(Inner {
                 db: Mutex::new(db),
                 bans: RwLock::new(bans),
+                data_version: AtomicI64::new(version),
                 threshold,
                 window,
                 duration,
@@ -113,14 +309,14 @@ impl Moderation {
         })
     }
 
-    /// Whether `ip` is banned right now.
+    /// Whether `ip` is banned right now (by its own ban or a range that holds it).
     pub fn is_banned(&self, ip: IpAddr) -> bool {
         let bans = self
             .inner
             .bans
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        bans.get(&ip).is_some_and(|until| *until > unix_now())
+        bans.covers(ip, unix_now())
     }
 
     /// Stores a report; returns true when it tipped the reported address into a ban.
@@ -155,11 +351,12 @@ impl Moderation {
             return Ok(false);
         }
         let until = now.saturating_add(secs(self.inner.duration));
+        let target = BanTarget::single(report.reported_ip);
         db.execute(
             "INSERT INTO bans (ip, until, reason, created_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(ip) DO UPDATE SET until = excluded.until, reason = excluded.reason",
             params![
-                report.reported_ip.to_string(),
+                target.to_string(),
                 until,
                 format!("reported by {distinct} sessions"),
                 now
@@ -169,9 +366,196 @@ impl Moderation {
             .bans
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(report.reported_ip, until);
+            .insert(target, until);
         tracing::warn!(ip = %report.reported_ip, distinct, "address banned after reports");
         Ok(true)
+    }
+
+    /// Reloads the ban mirror when another process (the operator's `bans add/remove`)
+    /// changed the file since the last look; true when it did. Blocking (SQLite).
+    pub fn reload_if_changed(&self) -> anyhow::Result<bool> {
+        let db = self.inner.db.lock().unwrap_or_else(PoisonError::into_inner);
+        let version = data_version(&db)?;
+        if self.inner.data_version.load(Ordering::Relaxed) == version {
+            return Ok(false);
+        }
+        let bans = load_bans(&db, unix_now())?;
+        let active = bans.len();
+        *self
+            .inner
+            .bans
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = bans;
+        self.inner.data_version.store(version, Ordering::Relaxed);
+        tracing::info!(active_bans = active, "bans reloaded (the database changed)");
+        Ok(true)
+    }
+
+    /// Until `shutdown`, looks every `every` for bans changed by another process; after a
+    /// change, the matchmaker closes the sessions of every address that is now banned.
+    pub async fn watch(
+        self,
+        every: Duration,
+        matchmaker: MatchmakerHandle,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let this = self.clone();
+            match tokio::task::spawn_blocking(move || this.reload_if_changed()).await {
+                Ok(Ok(true)) => {
+                    if !matchmaker.send(Command::BansChanged).await {
+                        break;
+                    }
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::warn!("could not look for ban changes: {e:#}"),
+                Err(e) => tracing::warn!("ban watcher task failed: {e}"),
+            }
+        }
+    }
+}
+
+/// One row of the `bans` table, as the operator's commands show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BanRecord {
+    /// An address or a CIDR range (as stored; normally [`BanTarget`]'s text).
+    pub address: String,
+    pub reason: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// Unix seconds; the ban is over from then on.
+    pub expires: i64,
+}
+
+/// One row of the `reports` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportRecord {
+    /// Unix seconds.
+    pub at: i64,
+    pub match_id: String,
+    pub reporter_ip: String,
+    pub reporter_session: String,
+    pub reported_ip: String,
+    pub reported_session: String,
+    pub reason: String,
+}
+
+/// The operator's side of the database (`peer-stream-server bans …` / `reports …`): opens
+/// an existing file only, and works next to a running server on the same file.
+pub struct ModerationDb {
+    db: Connection,
+}
+
+impl ModerationDb {
+    /// Opens the database at `path`; an error (and no new file) when it does not exist.
+    pub fn open_existing(path: &Path) -> anyhow::Result<Self> {
+        if !path.is_file() {
+            anyhow::bail!(
+                "the database {} does not exist (the server creates it on its first start; \
+                 pass the server's file with --db, PEER_STREAM_DB or the config file's db key)",
+                path.display()
+            );
+        }
+        // No SQLITE_OPEN_CREATE: a file removed meanwhile is an error, not a new empty one.
+        let db = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("opening the database {}", path.display()))?;
+        prepare(&db, path)?;
+        Ok(Self { db })
+    }
+
+    /// Bans in force now (or every row, with `include_expired`), oldest first.
+    pub fn bans(&self, include_expired: bool) -> anyhow::Result<Vec<BanRecord>> {
+        let cutoff = if include_expired {
+            i64::MIN
+        } else {
+            unix_now()
+        };
+        let mut stmt = self.db.prepare(
+            "SELECT ip, reason, created_at, until FROM bans WHERE until > ?1
+             ORDER BY created_at, rowid",
+        )?;
+        let rows = stmt.query_map([cutoff], |r| {
+            Ok(BanRecord {
+                address: r.get(0)?,
+                reason: r.get(1)?,
+                created: r.get(2)?,
+                expires: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Bans `target` for `duration` from now, replacing an earlier ban on the same target.
+    pub fn add_ban(
+        &self,
+        target: BanTarget,
+        duration: Duration,
+        reason: &str,
+    ) -> anyhow::Result<BanRecord> {
+        let now = unix_now();
+        let record = BanRecord {
+            address: target.to_string(),
+            reason: reason.to_owned(),
+            created: now,
+            expires: now.saturating_add(secs(duration)),
+        };
+        self.db.execute(
+            "INSERT INTO bans (ip, until, reason, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(ip) DO UPDATE SET until = excluded.until, reason = excluded.reason,
+                 created_at = excluded.created_at",
+            params![
+                record.address,
+                record.expires,
+                record.reason,
+                record.created
+            ],
+        )?;
+        Ok(record)
+    }
+
+    /// Deletes the ban on exactly `target` (also an expired one); the removed rows.
+    pub fn remove_ban(&self, target: BanTarget) -> anyhow::Result<Vec<BanRecord>> {
+        let removed: Vec<BanRecord> = self
+            .bans(true)?
+            .into_iter()
+            .filter(|b| b.address.parse::<BanTarget>().ok() == Some(target))
+            .collect();
+        for b in &removed {
+            self.db
+                .execute("DELETE FROM bans WHERE ip = ?1", [&b.address])?;
+        }
+        Ok(removed)
+    }
+
+    /// Reports, oldest first; only those of the last `since` when given.
+    pub fn reports(&self, since: Option<Duration>) -> anyhow::Result<Vec<ReportRecord>> {
+        let cutoff = since.map_or(i64::MIN, |d| unix_now().saturating_sub(secs(d)));
+        let mut stmt = self.db.prepare(
+            "SELECT created_at, match_id, reporter_ip, reporter_session, reported_ip,
+                    reported_session, reason
+             FROM reports WHERE created_at >= ?1 ORDER BY created_at, id",
+        )?;
+        let rows = stmt.query_map([cutoff], |r| {
+            Ok(ReportRecord {
+                at: r.get(0)?,
+                match_id: r.get(1)?,
+                reporter_ip: r.get(2)?,
+                reporter_session: r.get(3)?,
+                reported_ip: r.get(4)?,
+                reported_session: r.get(5)?,
+                reason: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 
