@@ -5,6 +5,7 @@
 //! One screen per file under `ui/`; [`PeerStreamApp::ui`] picks the screen.
 
 pub mod automation;
+pub mod build_info;
 pub mod chatlog;
 pub mod embedded;
 pub mod handle;
@@ -61,6 +62,8 @@ struct UiState {
     typing_sent: bool,
     last_keystroke: Option<Instant>,
     retry_at: Option<Instant>,
+    /// The About box (opened from the home screen).
+    about_open: bool,
 }
 
 pub struct PeerStreamApp {
@@ -263,6 +266,9 @@ impl PeerStreamApp {
             Screen::Home => ui::home::show(self, ctx),
             Screen::Session => ui::call::show(self, ctx, now),
             Screen::Refused => ui::refused::show(self, ctx),
+        }
+        if self.ui.about_open {
+            ui::about::show(self, ctx);
         }
         if !self.settings.accepted_notice {
             ui::notice::show(self, ctx);

@@ -180,6 +180,10 @@ pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context) {
                 .small()
                 .weak(),
             );
+            ui.add_space(8.0);
+            if ui.small_button("About").clicked() {
+                app.ui.about_open = true;
+            }
         });
     });
 }

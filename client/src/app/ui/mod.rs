@@ -1,5 +1,6 @@
 //! The screens, one per file, plus the bar on top of every screen.
 
+pub mod about;
 pub mod call;
 pub mod home;
 pub mod notice;
