@@ -599,3 +599,121 @@ mod tests {
         assert!(!again.is_banned("10.0.0.1".parse().expect("ip")));
     }
 }
+
+#[cfg(test)]
+mod target_tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    fn target(s: &str) -> BanTarget {
+        s.parse().expect("target")
+    }
+
+    #[test]
+    fn targets_parse_normalize_and_match() {
+        assert_eq!(target("203.0.113.7").to_string(), "203.0.113.7");
+        assert_eq!(target(" 203.0.113.7/24 ").to_string(), "203.0.113.0/24");
+        assert_eq!(target("203.0.113.7/32").to_string(), "203.0.113.7");
+        assert_eq!(target("2001:db8::1/32").to_string(), "2001:db8::/32");
+        assert_eq!(target("2001:db8::1/128").to_string(), "2001:db8::1");
+        assert_eq!(target("0.0.0.0/0").to_string(), "0.0.0.0/0");
+        assert_eq!(target("::ffff:192.0.2.1").to_string(), "192.0.2.1");
+        assert_eq!(target("::ffff:192.0.2.0/120").to_string(), "192.0.2.0/24");
+        for bad in [
+            "",
+            "nope",
+            "300.1.1.1",
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "10.0.0.0/-1",
+            "10.0.0.0/8/8",
+            "2001:db8::/129",
+            "/24",
+        ] {
+            assert!(
+                bad.parse::<BanTarget>().is_err(),
+                "{bad:?} should be rejected"
+            );
+        }
+        let range = target("203.0.113.0/24");
+        assert!(range.contains(ip("203.0.113.0")));
+        assert!(range.contains(ip("203.0.113.255")));
+        assert!(range.contains(ip("::ffff:203.0.113.9")));
+        assert!(!range.contains(ip("203.0.114.0")));
+        assert!(!range.contains(ip("2001:db8::1")));
+        assert!(target("0.0.0.0/0").contains(ip("8.8.8.8")));
+        assert!(!target("0.0.0.0/0").contains(ip("::1")));
+        let v6 = target("2001:db8::/32");
+        assert!(v6.contains(ip("2001:db8:ffff::1")));
+        assert!(!v6.contains(ip("2001:db9::1")));
+        assert!(target("::/0").contains(ip("::1")));
+    }
+
+    #[test]
+    fn the_mirror_covers_addresses_and_ranges_until_they_expire() {
+        let mut bans = Bans::default();
+        bans.insert(target("10.0.0.1"), 100);
+        bans.insert(target("192.0.2.0/24"), 200);
+        bans.insert(target("192.0.2.0/24"), 300); // replaces, not duplicates
+        assert_eq!(bans.len(), 2);
+        assert!(bans.covers(ip("10.0.0.1"), 99));
+        assert!(!bans.covers(ip("10.0.0.1"), 100));
+        assert!(bans.covers(ip("::ffff:10.0.0.1"), 50));
+        assert!(bans.covers(ip("192.0.2.77"), 299));
+        assert!(!bans.covers(ip("192.0.2.77"), 300));
+        assert!(!bans.covers(ip("192.0.3.1"), 0));
+    }
+
+    #[test]
+    fn bans_written_by_another_connection_are_reloaded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mod.sqlite3");
+        let day = Duration::from_secs(86_400);
+        let server = Moderation::open(&path, 0, day, day).expect("open");
+        assert!(!server.reload_if_changed().expect("no change yet"));
+        let admin = ModerationDb::open_existing(&path).expect("admin");
+        admin
+            .add_ban(target("198.51.100.0/24"), day, "range")
+            .expect("add");
+        assert!(
+            !server.is_banned(ip("198.51.100.3")),
+            "not before the reload"
+        );
+        assert!(server.reload_if_changed().expect("reload"));
+        assert!(server.is_banned(ip("198.51.100.3")));
+        assert!(!server.reload_if_changed().expect("nothing new"));
+        let removed = admin.remove_ban(target("198.51.100.9/24")).expect("remove");
+        assert_eq!(removed.len(), 1);
+        assert!(server.reload_if_changed().expect("reload"));
+        assert!(!server.is_banned(ip("198.51.100.3")));
+        assert!(admin
+            .remove_ban(target("198.51.100.0/24"))
+            .expect("remove again")
+            .is_empty());
+    }
+
+    #[test]
+    fn a_missing_file_is_not_created_and_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("missing.sqlite3");
+        let err = ModerationDb::open_existing(&missing)
+            .err()
+            .expect("must fail");
+        assert!(err.to_string().contains("does not exist"), "{err:#}");
+        assert!(!missing.exists());
+
+        let newer = dir.path().join("newer.sqlite3");
+        Connection::open(&newer)
+            .and_then(|c| c.pragma_update(None, "user_version", 99))
+            .expect("make a newer file");
+        let err = ModerationDb::open_existing(&newer)
+            .err()
+            .expect("must fail");
+        assert!(format!("{err:#}").contains("schema version 99"), "{err:#}");
+        let day = Duration::from_secs(86_400);
+        assert!(Moderation::open(&newer, 0, day, day).is_err());
+    }
+}
