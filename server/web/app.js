@@ -8,7 +8,12 @@
 //   say        greet every stranger with this line
 //   echo       answer every stranger line with "echo: <line>" (never echoing an echo)
 // A read-only view of the state is at window.peerStream (state, matchId, role, chat,
-// system, stats()).
+// system, counts, videoHidden, undoLeft, stats(), setup).
+//
+// Kinder chat (issue 12): the stranger's video stays blurred until "Show video" (unless
+// "Always show video" is set); Undo (Alt+U) for 5 s after Next; "Check my setup";
+// live counts (hello with counts: true); block ("Don't match me with this person
+// again") and "Mute chat".
 'use strict';
 
 (() => {
@@ -24,6 +29,9 @@
   const STRANGER_TYPING_MAX_MS = 15000;
   const RETRY_MAX_MS = 15000;
   const CONNECT_TIMEOUT_MS = 15000;
+  const UNDO_WINDOW_MS = 5000;
+  const SETUP_TIMEOUT_MS = 8000;
+  const ALWAYS_SHOW_KEY = 'peer-stream.alwaysShowVideo';
 
   const $ = (id) => document.getElementById(id);
   const el = {
@@ -59,7 +67,47 @@
     reportForm: $('report-form'),
     reportDetails: $('report-details'),
     reportCancel: $('report-cancel'),
+    reportBlock: $('report-block'),
+    remoteBox: $('remote-box'),
+    revealBox: $('reveal-box'),
+    reveal: $('reveal'),
+    alwaysShow: $('always-show'),
+    homeCounts: $('home-counts'),
+    undo: $('undo'),
+    undoLabel: $('undo-label'),
+    muteChat: $('mute-chat'),
+    block: $('block'),
+    setupOpen: $('setup-open'),
+    setup: $('setup'),
+    setupServer: $('setup-server'),
+    setupCamera: $('setup-camera'),
+    setupMic: $('setup-mic'),
+    setupSpeaker: $('setup-speaker'),
+    setupNetwork: $('setup-network'),
+    setupPreview: $('setup-preview'),
+    setupLevel: $('setup-level'),
+    setupTone: $('setup-tone'),
+    setupVerdict: $('setup-verdict'),
+    setupDetail: $('setup-detail'),
+    setupAgain: $('setup-again'),
+    setupClose: $('setup-close'),
   };
+
+  function loadAlwaysShow() {
+    try {
+      return localStorage.getItem(ALWAYS_SHOW_KEY) === '1';
+    } catch {
+      return false;
+    }
+  }
+
+  function saveAlwaysShow(on) {
+    try {
+      localStorage.setItem(ALWAYS_SHOW_KEY, on ? '1' : '0');
+    } catch {
+      /* private mode: the setting lasts for this page only */
+    }
+  }
 
   const params = new URLSearchParams(location.search);
   const auto = {
@@ -106,6 +154,24 @@
     retryDelay: 1000,
     fatal: null,
     noticeTimer: null,
+    // Live counts (from `counts` messages; null until the first one).
+    counts: null,
+    // Blur until revealed.
+    alwaysShow: loadAlwaysShow(),
+    revealed: false,
+    // Undo an accidental Next: allowed until this time (ms since epoch).
+    undoUntil: 0,
+    undoTicker: null,
+    undoPending: false,
+    // Block and mute.
+    chatMuted: false,
+    blocked: new Set(),
+    // Check my setup.
+    iceWaiters: [],
+    setup: null,
+    setupRun: 0,
+    meterStop: null,
+    audioCtx: null,
   };
 
   // ---------------------------------------------------------------- server link
@@ -134,7 +200,7 @@
     render();
     ws.onopen = () => {
       if (ws !== s.ws) return;
-      send({ type: 'hello', version: PROTOCOL_VERSION, client: CLIENT_NAME });
+      send({ type: 'hello', version: PROTOCOL_VERSION, client: CLIENT_NAME, counts: true });
     };
     ws.onmessage = (ev) => {
       if (ws !== s.ws || typeof ev.data !== 'string') return;
@@ -206,6 +272,14 @@
         // `online` only comes with welcome; what we see since then is a lower bound.
         if (s.online !== null && s.waiting !== null) s.online = Math.max(s.online, s.waiting);
         if (s.wantSearch && s.phase === 'searching') s.queued = true;
+        if (s.phase === 'ended' && !s.fatal) {
+          // The server put us back in the queue itself (our partner undid a Next that
+          // had paired them with us): we are looking for someone new again.
+          s.wantSearch = true;
+          s.queued = true;
+          system('Looking for someone new…');
+          setPhase('searching');
+        }
         render();
         break;
       case 'matched':
@@ -223,6 +297,20 @@
       case 'partner_left':
         if (msg.match_id === s.matchId) onPartnerLeft(msg.reason);
         break;
+      case 'counts':
+        if (typeof msg.online === 'number' && typeof msg.waiting === 'number') {
+          s.counts = { online: msg.online, waiting: msg.waiting };
+          s.online = msg.online;
+          render();
+        }
+        break;
+      case 'ice_servers': {
+        const waiters = s.iceWaiters;
+        s.iceWaiters = [];
+        const list = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
+        for (const w of waiters) w(list);
+        break;
+      }
       case 'error':
         onServerError(String(msg.code || ''), String(msg.message || ''));
         break;
@@ -261,6 +349,11 @@
         break;
       case 'not_in_match':
         break; // a message crossed the end of a match: harmless
+      case 'undo_unavailable':
+        s.undoPending = false;
+        showNotice(`Can't bring the last stranger back: ${message || 'too late'}.`, 'info');
+        if (s.phase === 'chatting') system(`Undo didn't work: ${message || 'too late'}.`);
+        break;
       default:
         console.warn(`peer-stream: the server refused a message (${code}): ${message}`);
         if (code !== 'invalid') showNotice(`The server refused that: ${message || code}`);
@@ -285,6 +378,7 @@
 
   function startSearching() {
     if (s.fatal) return;
+    if (!el.setup.hidden) closeSetup();
     s.interests = parseInterests(el.interests.value);
     s.wantSearch = true;
     s.queued = false;
@@ -300,15 +394,23 @@
 
   function onMatched(msg) {
     if (s.phase === 'chatting') endCall();
+    const resumed = msg.resumed === true;
+    const mine = s.undoPending;
+    s.undoPending = false;
+    if (resumed) clearUndo();
     s.matchId = String(msg.match_id);
     s.role = msg.role === 'offerer' ? 'offerer' : 'answerer';
     s.iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
     s.commonInterests = Array.isArray(msg.common_interests) ? msg.common_interests.map(String) : [];
     s.queued = false;
     if (s.online !== null) s.online = Math.max(s.online, 2);
+    s.revealed = s.alwaysShow;
+    s.chatMuted = false;
     clearLog();
     setPhase('chatting');
-    system("You're now chatting with a random stranger. Say hi!");
+    if (resumed) system(mine ? "You're back with the previous stranger." : 'Stranger came back.');
+    else system("You're now chatting with a random stranger. Say hi!");
+    if (!s.revealed) system('Video hidden until you show it.');
     if (s.commonInterests.length) system(`You both like: ${s.commonInterests.join(', ')}.`);
     if (!localTrack('video')) system("Your camera is off: the stranger can't see you.");
     try {
@@ -331,14 +433,66 @@
     );
   }
 
-  /// Next: skip at once (after the confirming second press, see pressNext).
-  function skip() {
+  /// Next: skip at once (after the confirming second press, see pressNext). A plain
+  /// Next (not the one after a report) can be undone for 5 s.
+  function skip({ undoable = true } = {}) {
     if (s.phase !== 'chatting') return;
     send({ type: 'next' });
     endCall();
     s.queued = false;
     clearLog();
+    if (undoable) armUndo();
+    else clearUndo();
     setPhase('searching');
+  }
+
+  function armUndo() {
+    s.undoUntil = Date.now() + UNDO_WINDOW_MS;
+    clearInterval(s.undoTicker);
+    s.undoTicker = setInterval(() => {
+      if (Date.now() >= s.undoUntil) clearUndo();
+      render();
+    }, 250);
+  }
+
+  function clearUndo() {
+    s.undoUntil = 0;
+    clearInterval(s.undoTicker);
+    s.undoTicker = null;
+  }
+
+  function undoLeftMs() {
+    return Math.max(0, s.undoUntil - Date.now());
+  }
+
+  function pressUndo() {
+    if (s.fatal || undoLeftMs() <= 0) return;
+    if (!send({ type: 'undo_next' })) return;
+    clearUndo();
+    s.undoPending = true;
+    render();
+  }
+
+  function blockLast() {
+    const matchId = s.matchId || s.lastMatchId;
+    if (!matchId || s.blocked.has(matchId)) return;
+    if (!send({ type: 'block', match_id: matchId })) return;
+    s.blocked.add(matchId);
+    system("You won't be matched with this person again.");
+    render();
+  }
+
+  function toggleMuteChat() {
+    if (s.phase !== 'chatting') return;
+    s.chatMuted = !s.chatMuted;
+    el.log.classList.toggle('stranger-muted', s.chatMuted);
+    system(s.chatMuted ? "Chat muted: the stranger's messages are hidden for this call." : 'Chat unmuted.');
+    render();
+  }
+
+  function reveal() {
+    s.revealed = true;
+    render();
   }
 
   function pressNext() {
@@ -368,6 +522,7 @@
   }
 
   function stop() {
+    clearUndo();
     if (s.phase === 'chatting') {
       send({ type: 'leave' });
       endCall();
@@ -380,12 +535,19 @@
     setPhase('idle');
   }
 
-  function report(reason) {
+  function report(reason, block) {
     const matchId = s.matchId || s.lastMatchId;
     if (!matchId) return;
     send({ type: 'report', match_id: matchId, reason: Array.from(reason).slice(0, MAX_REASON_CHARS).join('') });
-    if (s.phase === 'chatting') skip();
-    else startSearching();
+    if (block && !s.blocked.has(matchId)) {
+      send({ type: 'block', match_id: matchId });
+      s.blocked.add(matchId);
+    }
+    if (s.phase === 'chatting') skip({ undoable: false });
+    else {
+      clearUndo();
+      startSearching();
+    }
     showNotice('Thanks. The stranger was reported, and you are looking for someone new.', 'info');
   }
 
@@ -467,6 +629,7 @@
 
   function clearLog() {
     el.log.replaceChildren();
+    el.log.classList.remove('stranger-muted');
     showStrangerTyping(false);
   }
 
@@ -852,6 +1015,246 @@
     return out;
   }
 
+  // ---------------------------------------------------------------- check my setup
+
+  /// Resolves once the server says welcome (connecting if needed); false after `ms`.
+  function whenWelcomed(ms) {
+    if (s.welcomed) return Promise.resolve(true);
+    connect();
+    return new Promise((resolve) => {
+      const start = Date.now();
+      const poll = setInterval(() => {
+        if (s.welcomed || Date.now() - start > ms) {
+          clearInterval(poll);
+          resolve(s.welcomed);
+        }
+      }, 50);
+    });
+  }
+
+  /// Asks the server for its ICE servers; resolves with { list, rttMs } or null.
+  function requestIceServers(ms) {
+    return new Promise((resolve) => {
+      const t0 = performance.now();
+      let done = false;
+      const timer = setTimeout(() => {
+        if (done) return;
+        done = true;
+        resolve(null);
+      }, ms);
+      s.iceWaiters.push((list) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        resolve({ list, rttMs: Math.round(performance.now() - t0) });
+      });
+      if (!send({ type: 'ice_servers' })) {
+        done = true;
+        clearTimeout(timer);
+        resolve(null);
+      }
+    });
+  }
+
+  /// Gathers ICE candidates against `iceServers`; resolves with counts by type.
+  function gatherCandidates(iceServers, ms) {
+    const counts = { host: 0, srflx: 0, relay: 0 };
+    if (typeof RTCPeerConnection === 'undefined') return Promise.resolve(counts);
+    return new Promise((resolve) => {
+      let pc;
+      try {
+        pc = new RTCPeerConnection({ iceServers: rtcIceServers(iceServers) });
+      } catch (e) {
+        console.warn('peer-stream: setup check could not create a peer connection', e);
+        resolve(counts);
+        return;
+      }
+      let finished = false;
+      const finish = () => {
+        if (finished) return;
+        finished = true;
+        clearTimeout(timer);
+        pc.onicecandidate = null;
+        pc.close();
+        resolve(counts);
+      };
+      const timer = setTimeout(finish, ms);
+      pc.onicecandidate = (ev) => {
+        if (!ev.candidate) {
+          finish();
+          return;
+        }
+        const m = / typ (host|srflx|prflx|relay)/.exec(ev.candidate.candidate || '');
+        const type = ev.candidate.type || (m && m[1]);
+        if (type === 'host') counts.host += 1;
+        else if (type === 'srflx' || type === 'prflx') counts.srflx += 1;
+        else if (type === 'relay') counts.relay += 1;
+      };
+      pc.createDataChannel('setup-check');
+      pc.createOffer()
+        .then((offer) => pc.setLocalDescription(offer))
+        .catch((e) => {
+          console.warn('peer-stream: setup check offer failed', e);
+          finish();
+        });
+    });
+  }
+
+  function deviceName(track, fallback) {
+    if (!track) return null;
+    return track.label || fallback;
+  }
+
+  async function runSetupCheck() {
+    const run = ++s.setupRun;
+    el.setup.hidden = false;
+    el.setupOpen.hidden = true;
+    el.home.classList.add('setup-open');
+    for (const d of [el.setupServer, el.setupCamera, el.setupMic, el.setupSpeaker, el.setupNetwork]) {
+      d.textContent = 'Checking…';
+    }
+    el.setupVerdict.textContent = 'Checking…';
+    el.setupVerdict.dataset.verdict = '';
+    el.setupDetail.textContent = '';
+    const report = {
+      server_ok: false,
+      server_rtt_ms: null,
+      camera: null,
+      microphone: null,
+      speaker: null,
+      stun_ok: false,
+      turn_ok: false,
+      candidates: { host: 0, srflx: 0, relay: 0 },
+      can_call: 'none',
+      done: false,
+    };
+    s.setup = report;
+
+    // Camera and microphone: the stream the page already asked for.
+    const stream = await s.mediaReady;
+    if (run !== s.setupRun) return;
+    const videoTrack = localTrack('video');
+    const audioTrack = localTrack('audio');
+    report.camera = deviceName(videoTrack, 'camera');
+    report.microphone = deviceName(audioTrack, 'microphone');
+    el.setupCamera.textContent = report.camera ? `Found: ${report.camera}` : 'No camera found (or it is blocked)';
+    el.setupMic.textContent = report.microphone
+      ? `Found: ${report.microphone}`
+      : 'No microphone found (or it is blocked)';
+    el.setupPreview.srcObject = videoTrack ? stream || s.localStream : null;
+    if (videoTrack) el.setupPreview.play().catch(() => {});
+    startMeter(audioTrack);
+    try {
+      const devices = await navigator.mediaDevices.enumerateDevices();
+      const out = devices.find((d) => d.kind === 'audiooutput');
+      report.speaker = out ? out.label || 'default speaker' : 'default speaker';
+    } catch {
+      report.speaker = 'default speaker';
+    }
+    el.setupSpeaker.textContent = `${report.speaker}: press Play a test tone and listen`;
+
+    // Server round trip: an ice_servers request and its reply.
+    const welcomed = await whenWelcomed(SETUP_TIMEOUT_MS);
+    const reply = welcomed ? await requestIceServers(SETUP_TIMEOUT_MS) : null;
+    if (run !== s.setupRun) return;
+    report.server_ok = !!reply;
+    report.server_rtt_ms = reply ? reply.rttMs : null;
+    el.setupServer.textContent = reply
+      ? `Reachable: round trip ${reply.rttMs} ms`
+      : 'Not reachable: check your internet connection';
+
+    // What the network allows: candidates gathered with the server's STUN/TURN servers.
+    const list = reply ? reply.list : [];
+    const urls = list.flatMap((x) => (Array.isArray(x.urls) ? x.urls.map(String) : []));
+    const stunOffered = urls.some((u) => u.startsWith('stun:'));
+    const turnOffered = urls.some((u) => u.startsWith('turn:') || u.startsWith('turns:'));
+    el.setupNetwork.textContent = 'Testing…';
+    const counts = await gatherCandidates(list, SETUP_TIMEOUT_MS);
+    if (run !== s.setupRun) return;
+    report.candidates = counts;
+    report.stun_ok = counts.srflx > 0;
+    report.turn_ok = counts.relay > 0;
+    report.can_call = counts.srflx > 0 ? 'direct' : counts.relay > 0 ? 'relay' : 'none';
+    const offered = (yes, ok) => (!yes ? 'not offered' : ok ? 'works' : 'failed');
+    el.setupNetwork.textContent =
+      `${counts.host} host, ${counts.srflx} server-reflexive, ${counts.relay} relay candidates`;
+    el.setupDetail.textContent =
+      `STUN ${offered(stunOffered, report.stun_ok)} · TURN ${offered(turnOffered, report.turn_ok)}`;
+    let verdict;
+    if (!report.server_ok) verdict = "Calls need the server, and it could not be reached.";
+    else if (report.can_call === 'direct') verdict = 'Direct calls work: video goes straight between you and the stranger.';
+    else if (report.can_call === 'relay') {
+      verdict = "Calls will go through the server's relay (TURN): your network blocks direct connections.";
+    } else {
+      verdict = 'Your network blocks calls: neither a direct connection nor a relay worked. Text chat still works.';
+    }
+    el.setupVerdict.textContent = verdict;
+    el.setupVerdict.dataset.verdict = report.server_ok ? report.can_call : 'none';
+    report.done = true;
+  }
+
+  function startMeter(track) {
+    if (s.meterStop) s.meterStop();
+    s.meterStop = null;
+    el.setupLevel.value = 0;
+    const Ctx = window.AudioContext || window.webkitAudioContext;
+    if (!track || !Ctx) return;
+    try {
+      if (!s.audioCtx) s.audioCtx = new Ctx();
+      const ctx = s.audioCtx;
+      ctx.resume().catch(() => {});
+      const source = ctx.createMediaStreamSource(new MediaStream([track]));
+      const analyser = ctx.createAnalyser();
+      analyser.fftSize = 1024;
+      source.connect(analyser);
+      const buf = new Float32Array(analyser.fftSize);
+      let raf = 0;
+      const tick = () => {
+        analyser.getFloatTimeDomainData(buf);
+        let sum = 0;
+        for (const x of buf) sum += x * x;
+        // RMS on a rough perceptual scale: quiet speech ~0.2, loud ~0.8.
+        el.setupLevel.value = Math.min(1, Math.sqrt(sum / buf.length) * 4);
+        raf = requestAnimationFrame(tick);
+      };
+      tick();
+      s.meterStop = () => {
+        cancelAnimationFrame(raf);
+        source.disconnect();
+      };
+    } catch (e) {
+      console.warn('peer-stream: no level meter', e);
+    }
+  }
+
+  function playTestTone() {
+    const Ctx = window.AudioContext || window.webkitAudioContext;
+    if (!Ctx) return;
+    if (!s.audioCtx) s.audioCtx = new Ctx();
+    const ctx = s.audioCtx;
+    ctx.resume().catch(() => {});
+    const osc = ctx.createOscillator();
+    const gain = ctx.createGain();
+    osc.frequency.value = 440;
+    gain.gain.setValueAtTime(0.0001, ctx.currentTime);
+    gain.gain.exponentialRampToValueAtTime(0.2, ctx.currentTime + 0.05);
+    gain.gain.exponentialRampToValueAtTime(0.0001, ctx.currentTime + 1);
+    osc.connect(gain).connect(ctx.destination);
+    osc.start();
+    osc.stop(ctx.currentTime + 1.05);
+    s.toneCount = (s.toneCount || 0) + 1;
+  }
+
+  function closeSetup() {
+    s.setupRun += 1;
+    if (s.meterStop) s.meterStop();
+    s.meterStop = null;
+    el.setupPreview.srcObject = null;
+    el.setup.hidden = true;
+    el.setupOpen.hidden = false;
+    el.home.classList.remove('setup-open');
+  }
+
   // ---------------------------------------------------------------- rendering
 
   function setPhase(phase) {
@@ -865,7 +1268,13 @@
     const p = s.phase;
     const connecting = !!s.ws && !s.welcomed;
 
-    if (s.welcomed && s.online !== null) {
+    const countsText = s.counts
+      ? `${s.counts.online.toLocaleString()} online · ${s.counts.waiting.toLocaleString()} waiting`
+      : null;
+    if (s.welcomed && countsText) {
+      el.online.textContent = countsText;
+      el.online.classList.add('live');
+    } else if (s.welcomed && s.online !== null) {
       el.online.textContent = `${s.online.toLocaleString()} online`;
       el.online.classList.add('live');
     } else {
@@ -888,6 +1297,23 @@
     el.nextLabel.textContent = armed ? 'Really?' : p === 'ended' ? 'New stranger' : 'Next';
     el.stop.disabled = p === 'idle';
     el.report.disabled = !(chatting || (p === 'ended' && s.lastMatchId));
+    el.homeCounts.hidden = !(s.welcomed && countsText);
+    el.homeCounts.textContent = countsText || '';
+
+    const hidden = chatting && !s.revealed;
+    el.remoteBox.classList.toggle('blurred', hidden);
+    el.revealBox.hidden = !hidden;
+    el.alwaysShow.checked = s.alwaysShow;
+
+    const undoLeft = undoLeftMs();
+    el.undo.hidden = !(undoLeft > 0 && (p === 'searching' || chatting));
+    el.undoLabel.textContent = `Undo (${Math.ceil(undoLeft / 1000)})`;
+
+    el.muteChat.hidden = !chatting;
+    el.muteChat.textContent = s.chatMuted ? 'Unmute chat' : 'Mute chat';
+    el.muteChat.setAttribute('aria-pressed', s.chatMuted ? 'true' : 'false');
+    const blockable = !chatting && p !== 'idle' && s.lastMatchId && !s.blocked.has(s.lastMatchId);
+    el.block.hidden = !blockable;
 
     let status = '';
     let spinning = false;
@@ -896,7 +1322,7 @@
     } else if (p === 'searching') {
       spinning = true;
       status = s.welcomed
-        ? `Looking for a stranger… (${(s.online ?? 1).toLocaleString()} online)`
+        ? `Looking for a stranger… (${countsText || `${(s.online ?? 1).toLocaleString()} online`})`
         : 'Connecting to the server…';
     } else if (p === 'chatting') {
       const state = s.pc ? s.pc.connectionState : 'new';
@@ -963,7 +1389,7 @@
       const details = el.reportDetails.value.trim();
       const reason = (choice ? choice.value : 'other') + (details ? `: ${details}` : '');
       el.reportDialog.close();
-      report(reason);
+      report(reason, el.reportBlock.checked);
     });
     el.bannerRetry.addEventListener('click', () => {
       if (bannerReload) {
@@ -1004,10 +1430,31 @@
       }
     });
     document.addEventListener('keydown', (ev) => {
+      // Alt+U: undo the last Next. Alt never types in the chat box here, so the
+      // shortcut cannot clash with text editing (handled before any input sees it).
+      if (ev.altKey && !ev.ctrlKey && !ev.metaKey && (ev.code === 'KeyU' || ev.key === 'u' || ev.key === 'U')) {
+        ev.preventDefault();
+        if (!ev.repeat) pressUndo();
+        return;
+      }
       if (ev.key !== 'Escape' || ev.repeat || el.reportDialog.open) return;
       ev.preventDefault();
       pressNext();
+    }, true);
+    el.undo.addEventListener('click', pressUndo);
+    el.reveal.addEventListener('click', reveal);
+    el.alwaysShow.addEventListener('change', () => {
+      s.alwaysShow = el.alwaysShow.checked;
+      saveAlwaysShow(s.alwaysShow);
+      if (s.alwaysShow) s.revealed = true;
+      render();
     });
+    el.muteChat.addEventListener('click', toggleMuteChat);
+    el.block.addEventListener('click', blockLast);
+    el.setupOpen.addEventListener('click', () => runSetupCheck());
+    el.setupAgain.addEventListener('click', () => runSetupCheck());
+    el.setupClose.addEventListener('click', closeSetup);
+    el.setupTone.addEventListener('click', playTestTone);
     window.addEventListener('pagehide', () => {
       if (s.ws) s.ws.close(1000, 'page closed');
     });
@@ -1028,6 +1475,12 @@
       return { video: !!localTrack('video'), audio: !!localTrack('audio'), problem: s.mediaProblem };
     },
     get connectionState() { return s.pc ? s.pc.connectionState : null; },
+    get counts() { return s.counts ? { ...s.counts } : null; },
+    get videoHidden() { return s.phase === 'chatting' && !s.revealed; },
+    get undoLeft() { return undoLeftMs(); },
+    get chatMuted() { return s.chatMuted; },
+    get setup() { return s.setup ? JSON.parse(JSON.stringify(s.setup)) : null; },
+    get toneCount() { return s.toneCount || 0; },
     stats,
   });
 
