@@ -8,6 +8,8 @@
 #     AppStream metadata;
 #   - both packages unpacked into a scratch root (dpkg-deb -x): both binaries answer
 #     --version with the workspace version, from the scratch root and from the tar.gz;
+#     the server, started with the unit's own ExecStart arguments and the packaged
+#     /etc/peer-stream/server.toml, answers /healthz;
 #   - desktop-file-validate, appstreamcli validate --no-net, systemd-analyze verify and
 #     systemd-analyze security (offline) on the unpacked unit;
 #   - the macOS .app made from the same configuration: Info.plist usage descriptions.
@@ -32,7 +34,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+server_pid=""
+cleanup() {
+  [ -z "$server_pid" ] || kill "$server_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
 fail() {
   echo "package-test: FAIL: $*" >&2
   exit 1
@@ -132,6 +139,45 @@ grep -q -- '--db /var/lib/peer-stream/peer-stream.sqlite3' "$unit" || fail "unit
 # --threshold counts in tenths (20 = 2.0).
 security=$(systemd-analyze security --offline=yes --threshold=20 "$unit" 2>&1) \
   || fail "systemd-analyze security above 2.0: $(tail -1 <<<"$security")"
+
+# The unit's own command line, run from the scratch root (its /etc and state directory
+# mapped into the temporary folder, listening on loopback): the packaged server starts
+# with the packaged configuration and answers /healthz.
+if [ -f "$rootfs/etc/peer-stream/server.toml" ]; then
+  exec_start=$(sed -n 's/^ExecStart=//p' "$rootfs/usr/lib/systemd/system/peer-stream-server.service")
+  exec_start=${exec_start//\/usr\/bin\//$rootfs/usr/bin/}
+  exec_start=${exec_start//\/etc\/peer-stream\//$rootfs/etc/peer-stream/}
+  exec_start=${exec_start//\/var\/lib\/peer-stream\//$work/state/}
+  mkdir -p "$work/state"
+  healthy=""
+  for attempt in 1 2 3 4 5; do
+    port=$((30000 + (RANDOM % 20000)))
+    # shellcheck disable=SC2086 # the unit's arguments, split as systemd splits them
+    $exec_start --listen "127.0.0.1:$port" > "$work/server.log" 2>&1 &
+    server_pid=$!
+    for _ in $(seq 1 100); do
+      kill -0 "$server_pid" 2>/dev/null || break
+      if { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null; then
+        printf 'GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
+        reply=$(timeout 5 head -c 200 <&3 || true)
+        exec 3>&- 3<&-
+        case "$reply" in "HTTP/1."?" 200"*) healthy=yes; break ;; esac
+      fi
+      sleep 0.1
+    done
+    [ -n "$healthy" ] && break
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+    grep -qi "address.*in use" "$work/server.log" || break
+  done
+  [ -n "$healthy" ] || fail "the unit's command line did not serve /healthz: $(tail -5 "$work/server.log")"
+  [ -f "$work/state/peer-stream.sqlite3" ] || fail "the server made no database in its state directory"
+  echo "package-test: the unit's command line serves /healthz (127.0.0.1:$port)"
+  kill "$server_pid"
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=""
+fi
 
 # The portable archives: the same binaries, runnable after unpacking.
 mkdir -p "$work/tar"
