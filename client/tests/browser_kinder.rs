@@ -74,8 +74,6 @@ impl Drop for ProcessGuard {
     }
 }
 
-/// A headless desktop peer (`peer-stream --headless --fake-media`), its log echoed to
-
 // ------------------------------------------------------------------------- Chromium + CDP
 
 /// A minimal Chrome DevTools Protocol client: one WebSocket to the browser, pages
@@ -933,8 +931,8 @@ async fn setup_check_panel_gives_a_verdict() {
             report["candidates"]["host"].as_u64().unwrap() >= 1,
             "{report}"
         );
-        let verdict = report["can_call"].as_str().unwrap();
-        assert!(["direct", "relay", "none"].contains(&verdict), "{report}");
+        // A server on loopback: host candidates reach it, so direct calls work.
+        assert_eq!(report["can_call"], "direct", "{report}");
         let text = page.text_of("setup-verdict").await;
         assert!(text.len() > 20, "a verdict in plain words: {text:?}");
         assert!(page

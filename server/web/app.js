@@ -1100,6 +1100,20 @@
     });
   }
 
+  /// Whether the page's server is on this machine or a private network, where host
+  /// candidates reach the other side (the same rule as `peer-stream --check`).
+  function serverIsLocal() {
+    const h = location.hostname.replace(/^\[|\]$/g, '').toLowerCase();
+    if (h === 'localhost' || h.endsWith('.local') || h === '::1') return true;
+    const v4 = /^(\d+)\.(\d+)\.\d+\.\d+$/.exec(h);
+    if (v4) {
+      const [a, b] = [Number(v4[1]), Number(v4[2])];
+      return a === 127 || a === 10 || (a === 172 && b >= 16 && b <= 31) || (a === 192 && b === 168) ||
+        (a === 169 && b === 254);
+    }
+    return /^f[cd][0-9a-f]{2}:/.test(h) || /^fe80:/.test(h);
+  }
+
   function deviceName(track, fallback) {
     if (!track) return null;
     return track.label || fallback;
@@ -1174,7 +1188,8 @@
     report.candidates = counts;
     report.stun_ok = counts.srflx > 0;
     report.turn_ok = counts.relay > 0;
-    report.can_call = counts.srflx > 0 ? 'direct' : counts.relay > 0 ? 'relay' : 'none';
+    const direct = counts.srflx > 0 || (counts.host > 0 && serverIsLocal());
+    report.can_call = !report.server_ok ? 'none' : direct ? 'direct' : counts.relay > 0 ? 'relay' : 'none';
     const offered = (yes, ok) => (!yes ? 'not offered' : ok ? 'works' : 'failed');
     el.setupNetwork.textContent =
       `${counts.host} host, ${counts.srflx} server-reflexive, ${counts.relay} relay candidates`;
