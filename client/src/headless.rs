@@ -49,6 +49,9 @@ pub struct Summary {
     pub latency_ms_p99: Option<f64>,
     /// The strongest frequency in the last half second of received audio (Hz).
     pub audio_dominant_hz: Option<f64>,
+    /// The last match's selected local ICE candidate type (host, srflx, prflx, relay),
+    /// null if it never connected or there was no match.
+    pub candidate_type: Option<String>,
     pub video_source: String,
     pub audio_source: String,
     pub per_match: Vec<MatchRecord>,
@@ -165,6 +168,7 @@ pub fn summarize_counters(
         latency_ms: median(&latencies),
         latency_ms_p99: percentile(&latencies, 99.0),
         audio_dominant_hz: dominant_frequency(&c.recent_audio()),
+        candidate_type: per_match.last().and_then(|m| m.candidate_type.clone()),
         video_source,
         audio_source,
         per_match,

@@ -6,6 +6,7 @@ use peer_stream::engine::EngineConfig;
 use peer_stream::headless::{self, HeadlessOptions};
 use peer_stream::media::capture::{AudioChoice, VideoChoice};
 use peer_stream::media::playback::SinkChoice;
+use peer_stream::net::peer::IcePolicy;
 use std::io::Write;
 use std::time::Duration;
 
@@ -47,6 +48,15 @@ struct Args {
     /// Local UDP address for WebRTC host candidates (repeatable), e.g. 127.0.0.1:0.
     #[arg(long = "udp-addr")]
     udp_addrs: Vec<String>,
+    /// Which network paths a call may use: `all` (direct when possible) or `relay` (only
+    /// through the server's TURN relay, so the stranger never sees your IP address).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "all",
+        env = "PEER_STREAM_ICE_POLICY"
+    )]
+    ice_policy: IcePolicy,
     /// Video bitrate in kbit/s.
     #[arg(long, default_value_t = 1000)]
     bitrate_kbps: u32,
@@ -100,6 +110,7 @@ fn main() -> anyhow::Result<()> {
     }
     engine.tone_hz = args.tone_hz;
     engine.udp_addrs = args.udp_addrs.clone();
+    engine.ice_policy = args.ice_policy;
     engine.video_settings.bitrate_bps = args.bitrate_kbps.saturating_mul(1000);
     engine.auto_requeue = !args.no_auto_requeue;
 

@@ -38,6 +38,8 @@ pub struct EngineConfig {
     pub udp_addrs: Vec<String>,
     /// Search again by itself when a stranger leaves.
     pub auto_requeue: bool,
+    /// `--ice-policy`: every candidate, or TURN relay only.
+    pub ice_policy: crate::net::peer::IcePolicy,
 }
 
 impl EngineConfig {
@@ -57,6 +59,7 @@ impl EngineConfig {
             },
             udp_addrs: Vec::new(),
             auto_requeue: true,
+            ice_policy: crate::net::peer::IcePolicy::All,
         }
     }
 }

@@ -18,6 +18,9 @@ pub struct MatchRecord {
     /// Decoded frames whose stamp went backwards (a repeat or someone else's video).
     pub seq_regressions: u64,
     pub audio_frames_decoded: u64,
+    /// The selected local ICE candidate's type: host, srflx, prflx or relay (the last
+    /// one seen in the match); `None` if the call never connected.
+    pub candidate_type: Option<String>,
 }
 
 #[derive(Default)]
@@ -104,8 +107,16 @@ impl Counters {
         }
     }
 
+    /// The current call's connection figures; a selected candidate type is also kept
+    /// on the current match's record.
     pub fn set_peer_stats(&self, stats: PeerStats) {
-        self.inner().peer = stats;
+        let mut i = self.inner();
+        if let (Some(ty), Some(rec)) = (&stats.candidate_type, i.matches.last_mut()) {
+            if rec.candidate_type.as_ref() != Some(ty) {
+                rec.candidate_type = Some(ty.clone());
+            }
+        }
+        i.peer = stats;
     }
 
     pub fn peer_stats(&self) -> PeerStats {
@@ -229,5 +240,24 @@ mod tests {
         assert_eq!(m[0].frames_decoded, 3);
         assert_eq!(m[1].seq_regressions, 0);
         assert!(m[1].setup_ms.is_some());
+    }
+
+    #[test]
+    fn candidate_type_is_kept_per_match() {
+        let c = Counters::default();
+        let with = |ty: Option<&str>| PeerStats {
+            candidate_type: ty.map(str::to_owned),
+            ..Default::default()
+        };
+        c.match_started("a");
+        c.set_peer_stats(with(None));
+        c.set_peer_stats(with(Some("relay")));
+        // A later snapshot without a selected pair (closing) does not erase it.
+        c.set_peer_stats(with(None));
+        c.match_started("b");
+        c.set_peer_stats(with(None));
+        let m = c.matches();
+        assert_eq!(m[0].candidate_type.as_deref(), Some("relay"));
+        assert_eq!(m[1].candidate_type, None);
     }
 }

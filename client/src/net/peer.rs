@@ -33,7 +33,8 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
     PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceServer,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+    RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCSessionDescription, SettingEngineBuilder,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -81,6 +82,17 @@ pub struct RemoteSinks {
     pub audio: std::sync::mpsc::SyncSender<ReceivedMedia>,
 }
 
+/// Which ICE candidates a call may use (`--ice-policy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum IcePolicy {
+    /// Host, server-reflexive and relay candidates: the most direct path wins.
+    #[default]
+    All,
+    /// TURN relay candidates only: the partner never learns this machine's addresses.
+    /// Needs a TURN server from the signaling server; without one no call connects.
+    Relay,
+}
+
 /// Settings for one connection.
 #[derive(Clone, Debug)]
 pub struct PeerSettings {
@@ -88,6 +100,26 @@ pub struct PeerSettings {
     /// Local addresses to gather host candidates on, e.g. `127.0.0.1:0` for loopback tests.
     /// Empty: every non-loopback interface address (plus loopback as a last resort).
     pub udp_addrs: Vec<String>,
+    pub ice_policy: IcePolicy,
+}
+
+/// With `--ice-policy relay`, whether the signaling server handed out a TURN server at
+/// all; says so once per process (not on every match) when it did not.
+fn relay_possible(settings: &PeerSettings) -> bool {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let has_turn = settings.ice_servers.iter().any(|s| {
+        s.urls
+            .iter()
+            .any(|u| u.starts_with("turn:") || u.starts_with("turns:"))
+    });
+    if !has_turn && !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "--ice-policy relay, but the signaling server offers no TURN server: \
+             calls cannot connect (ask its operator to set --turn and --turn-secret, \
+             or use --ice-policy all)"
+        );
+    }
+    has_turn
 }
 
 /// A snapshot of connection-level statistics.
@@ -386,9 +418,12 @@ impl Peer {
                 credential: s.credential.clone().unwrap_or_default(),
             })
             .collect();
-        let config = RTCConfigurationBuilder::new()
-            .with_ice_servers(ice_servers)
-            .build();
+        let mut config = RTCConfigurationBuilder::new().with_ice_servers(ice_servers);
+        if settings.ice_policy == IcePolicy::Relay {
+            relay_possible(settings);
+            config = config.with_ice_transport_policy(RTCIceTransportPolicy::Relay);
+        }
+        let config = config.build();
         let remote_video = Arc::new(Mutex::new(None));
         let handler = Arc::new(Handler {
             events: events.clone(),
@@ -603,9 +638,26 @@ impl Peer {
             }
             out.bytes_sent = pair.bytes_sent;
             out.bytes_received = pair.bytes_received;
+        }
+        // The candidate type of the pair ICE selected (none until it has selected one,
+        // so a call that never connected reports none).
+        let selected = report
+            .transport()
+            .map(|t| t.selected_candidate_pair_id.as_str())
+            .filter(|id| !id.is_empty());
+        let selected_local = report
+            .candidate_pairs()
+            .find(|p| selected.is_some_and(|id| p.stats.id == id))
+            .or_else(|| report.candidate_pairs().find(|p| p.nominated))
+            .map(|p| p.local_candidate_id.clone());
+        if let Some(local_id) = selected_local {
+            // The pair names the candidate by its ICE id; the candidate's own stats entry
+            // is "RTCLocalIceCandidate_<that id>".
             out.candidate_type = report.iter().find_map(|e| match e {
                 rtc::statistics::report::RTCStatsReportEntry::LocalCandidate(c)
-                    if c.stats.id == pair.local_candidate_id =>
+                    if c.stats.id == local_id
+                        || c.stats.id.strip_prefix("RTCLocalIceCandidate_")
+                            == Some(local_id.as_str()) =>
                 {
                     Some(c.candidate_type.to_string())
                 }

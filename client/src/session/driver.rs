@@ -202,6 +202,7 @@ impl Driver {
                 let settings = PeerSettings {
                     ice_servers,
                     udp_addrs: self.config.udp_addrs.clone(),
+                    ice_policy: self.config.ice_policy,
                 };
                 let ctx = CallContext {
                     counters: Arc::clone(&self.counters),

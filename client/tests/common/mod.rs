@@ -22,14 +22,26 @@ pub async fn start_server(
     dir: Option<tempfile::TempDir>,
     rematch_cooldown_secs: u64,
 ) -> Server {
+    start_server_with(port, dir, |cfg| {
+        cfg.rematch_cooldown_secs = rematch_cooldown_secs;
+    })
+    .await
+}
+
+/// [`start_server`] with `tweak` applied to the configuration (e.g. TURN settings).
+pub async fn start_server_with(
+    port: u16,
+    dir: Option<tempfile::TempDir>,
+    tweak: impl FnOnce(&mut Config),
+) -> Server {
     let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
-    let cfg = Config {
+    let mut cfg = Config {
         db_path: dir.path().join("test.sqlite3"),
         heartbeat_interval_ms: 500,
         heartbeat_timeout_ms: 3000,
-        rematch_cooldown_secs,
         ..Config::default()
     };
+    tweak(&mut cfg);
     let mut listener = None;
     for _ in 0..100 {
         match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
