@@ -468,6 +468,19 @@ impl ModerationDb {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .with_context(|| format!("opening the database {}", path.display()))?;
+        let ours: bool = db
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'bans')",
+                [],
+                |r| r.get(0),
+            )
+            .with_context(|| format!("reading the database {}", path.display()))?;
+        if !ours {
+            anyhow::bail!(
+                "{} is not a Peer Stream database (it has no bans table)",
+                path.display()
+            );
+        }
         prepare(&db, path)?;
         Ok(Self { db })
     }
@@ -707,7 +720,13 @@ mod target_tests {
 
         let newer = dir.path().join("newer.sqlite3");
         Connection::open(&newer)
-            .and_then(|c| c.pragma_update(None, "user_version", 99))
+            .and_then(|c| {
+                c.execute_batch(
+                    "CREATE TABLE bans (ip TEXT PRIMARY KEY, until INTEGER NOT NULL,
+                         reason TEXT NOT NULL, created_at INTEGER NOT NULL);
+                     PRAGMA user_version = 99;",
+                )
+            })
             .expect("make a newer file");
         let err = ModerationDb::open_existing(&newer)
             .err()

@@ -85,6 +85,24 @@ fn subcommands_refuse_a_database_that_does_not_exist() {
         std::fs::read_dir(dir.path()).unwrap().next().is_none(),
         "no file may be created"
     );
+    // A file that is not the server's database is left alone.
+    let text = write_file(
+        dir.path(),
+        "notes.txt",
+        "not a database at all, just some text\n",
+    );
+    cli(&text, &["bans", "list"])
+        .fails_with(1)
+        .stderr_has("notes.txt");
+    let empty = write_file(dir.path(), "empty.sqlite3", "");
+    cli(&empty, &["bans", "add", "192.0.2.1", "--for", "1h"])
+        .fails_with(1)
+        .stderr_has("is not a Peer Stream database");
+    assert_eq!(
+        std::fs::metadata(&empty).unwrap().len(),
+        0,
+        "nothing written"
+    );
 }
 
 #[test]
