@@ -890,6 +890,27 @@ async fn blur_counts_mute_undo_and_block_in_the_page() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(b.eval("peerStream.state").await, "searching", "B waits on");
 
+        // A skips C, C presses Stop on the "stranger left" screen: A's Undo is refused
+        // in plain words, C stays on its home screen and A keeps searching.
+        a.click("#next").await;
+        a.click("#next").await;
+        c.wait_for("C to see A skip", "peerStream.state === 'ended'", Duration::from_secs(10))
+            .await;
+        c.click("#stop").await;
+        assert_eq!(c.eval("peerStream.state").await, "idle");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        a.press_alt_u().await;
+        a.wait_for(
+            "A's undo to be refused",
+            "!document.getElementById('banner').hidden && \
+             document.getElementById('banner-text').textContent.includes('the stranger has stopped')",
+            Duration::from_secs(10),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(a.eval("peerStream.state").await, "searching");
+        assert_eq!(c.eval("peerStream.state").await, "idle");
+
         chrome.assert_clean();
         drop((home, a, b, c));
         drop(chrome);

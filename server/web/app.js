@@ -527,7 +527,9 @@
       send({ type: 'leave' });
       endCall();
       system('You have disconnected.');
-    } else if (s.phase === 'searching') {
+    } else if (s.phase === 'searching' || s.phase === 'ended') {
+      // After the stranger left, `leave` tells the server we stopped, so an undo from
+      // that stranger does not pull us back into a call from the home screen.
       send({ type: 'leave' });
     }
     s.wantSearch = false;
