@@ -442,6 +442,14 @@ fn bad_addresses_and_durations_are_rejected_clearly() {
         let r = cli(&db, args);
         r.fails_with(2).stderr_has(part);
     }
+    // No --for and a server ban duration of 0: refused rather than a ban that never holds.
+    let mut cmd = server_cmd();
+    cmd.env("PEER_STREAM_BAN_DURATION", "0")
+        .args(["bans", "add", "10.0.0.1", "--db"])
+        .arg(&db);
+    run(cmd)
+        .fails_with(1)
+        .stderr_has("the ban would end at once: give --for");
     assert!(bans_json(&db).is_empty(), "nothing may have been added");
 }
 
