@@ -139,6 +139,22 @@ impl Nginx {
     /// Starts nginx in front of `upstream`, or `None` (skip) when nginx is not installed.
     async fn start(upstream: SocketAddr) -> Option<Nginx> {
         let bin = nginx_binary()?;
+        // The free ports are picked before nginx binds them: on the rare clash with
+        // another test, try again with new ones.
+        for attempt in 1.. {
+            match Self::launch(&bin, upstream).await {
+                Ok(nginx) => return Some(nginx),
+                Err(log) if attempt < 3 && log.contains("Address already in use") => {}
+                Err(log) => panic!(
+                    "nginx did not start:
+{log}"
+                ),
+            }
+        }
+        None
+    }
+
+    async fn launch(bin: &Path, upstream: SocketAddr) -> Result<Nginx, String> {
         let dir = tempfile::tempdir().expect("temp dir for nginx");
         let p = dir.path();
         // nginx may drop privileges for some work; let it into its own prefix.
@@ -177,7 +193,7 @@ impl Nginx {
         let main_path = p.join("nginx.conf");
         std::fs::write(&main_path, main).expect("write nginx.conf");
         let stderr = std::fs::File::create(p.join("stderr.log")).expect("stderr log");
-        let child = Command::new(&bin)
+        let child = Command::new(bin)
             .arg("-c")
             .arg(&main_path)
             .arg("-p")
@@ -207,24 +223,25 @@ impl Nginx {
             http: SocketAddr::from((LOCALHOST, http)),
             tls: TlsConnector::from(Arc::new(tls)),
         };
-        nginx.wait_ready().await;
-        Some(nginx)
+        nginx.wait_ready().await?;
+        Ok(nginx)
     }
 
-    async fn wait_ready(&mut self) {
+    /// Waits until both ports answer; `Err` with the logs if nginx exited instead.
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
+                return Err(format!(
                     "nginx exited at start ({status}):\n{}\n{}",
                     self.log("stderr.log"),
                     self.log("error.log")
-                );
+                ));
             }
             let https = TcpStream::connect(self.https).await.is_ok();
             let http = TcpStream::connect(self.http).await.is_ok();
             if https && http {
-                return;
+                return Ok(());
             }
             if Instant::now() > deadline {
                 panic!(
