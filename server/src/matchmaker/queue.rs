@@ -249,14 +249,16 @@ impl MatchQueue {
     fn match_one(&mut self, seq: u64, now: Instant) -> Option<Pair> {
         let me = self.waiters.get(&seq)?;
         let me_open = self.open_to_anyone(me, now);
+        // Looked up once: most sessions block no one.
+        let my_blocks = self.blocks.get(&me.session);
         let mut fallback_choice: Option<u64> = None;
         let mut interest_choice: Option<u64> = None;
         for (other_seq, other) in &self.waiters {
             if *other_seq == seq || other.session == me.session {
                 continue;
             }
-            if self.cooling(&me.session, &other.session, now)
-                || self.blocked(&me.session, &other.session)
+            if my_blocks.is_some_and(|b| b.contains(&other.session))
+                || self.cooling(&me.session, &other.session, now)
             {
                 continue;
             }
