@@ -311,10 +311,10 @@ fn bans_add_list_remove_in_table_and_json() {
     let r = cli(&db, &["bans", "remove", "2001:db8::/32"]);
     r.ok();
     assert!(r.stdout.contains("2001:db8::/32") && r.stdout.starts_with("ADDRESS"));
-    assert_eq!(
-        addresses(&bans_json(&db)),
-        ["198.51.100.7", "192.0.2.1", "192.0.2.2"]
-    );
+    // (Re-adding 198.51.100.7 renewed its `created`, which may have moved it to the end.)
+    let mut left = addresses(&bans_json(&db));
+    left.sort();
+    assert_eq!(left, ["192.0.2.1", "192.0.2.2", "198.51.100.7"]);
     cli(&db, &["bans", "remove", "203.0.113.0/24"])
         .fails_with(1)
         .stderr_has("there is no ban on 203.0.113.0/24");
@@ -529,19 +529,28 @@ async fn a_database_of_the_previous_release_keeps_working() {
 /// server refused with error `banned` and close 1008 (anything else fails the test).
 async fn connect_outcome(addr: SocketAddr, ip: [u8; 4]) -> Result<(), String> {
     let mut c = TestClient::connect_from(addr, ip).await;
-    // A banned address may be refused before its hello arrives: a failed send is fine.
-    let _ = c
-        .try_send(tokio_tungstenite::tungstenite::Message::text(
-            hello_msg().to_string(),
-        ))
-        .await;
     let mut messages = Vec::new();
+    // A banned address is refused right after the upgrade: listen first, so that no hello
+    // is in flight when the server closes (an unread hello could turn the close into a
+    // reset); say hello only when the server stays quiet.
+    let mut said_hello = false;
     let deadline = Instant::now() + RECV_TIMEOUT;
     loop {
-        match c
-            .next_frame(deadline.saturating_duration_since(Instant::now()))
-            .await
-        {
+        let wait = if said_hello {
+            deadline.saturating_duration_since(Instant::now())
+        } else {
+            Duration::from_millis(1500)
+        };
+        match c.next_frame(wait).await {
+            None if !said_hello => {
+                said_hello = true;
+                let _ = c
+                    .try_send(tokio_tungstenite::tungstenite::Message::text(
+                        hello_msg().to_string(),
+                    ))
+                    .await;
+            }
+            None => panic!("{ip:?}: no welcome and no close; got {messages:?}"),
             Some(Frame::Json(v)) if v["type"] == "welcome" => return Ok(()),
             Some(Frame::Json(v)) => messages.push(v),
             Some(Frame::Close(code)) => {
@@ -559,7 +568,8 @@ async fn connect_outcome(addr: SocketAddr, ip: [u8; 4]) -> Result<(), String> {
     }
 }
 
-/// Expects `c` to get error `banned` and close 1008 within [`APPLY_WITHIN`].
+/// Expects `c` to get error `banned` and close 1008 within [`APPLY_WITHIN`] of `since`
+/// (when the CLI had written the ban).
 async fn expect_kicked(c: &mut TestClient, since: Instant) {
     let closed = c
         .recv_until_close(APPLY_WITHIN + Duration::from_secs(1))
@@ -570,7 +580,7 @@ async fn expect_kicked(c: &mut TestClient, since: Instant) {
     );
     assert_eq!(closed.close_code, Some(1008), "{closed:?}");
     assert!(
-        since.elapsed() <= APPLY_WITHIN + Duration::from_secs(1),
+        since.elapsed() <= APPLY_WITHIN,
         "the ban took {:?} to apply",
         since.elapsed()
     );
@@ -594,13 +604,13 @@ async fn a_running_server_applies_cli_bans_on_ranges_and_lifts_them() {
     let mut outside = TestClient::connect_from(server.addr, [127, 0, 8, 1]).await;
     outside.hello().await;
 
-    let t = Instant::now();
     cli_async(
         db.clone(),
         vec!["bans", "add", "127.0.7.0/24", "--for", "1h"],
     )
     .await
     .ok();
+    let t = Instant::now(); // the ban is in the file
     expect_kicked(&mut inside, t).await;
     expect_kicked(&mut waiting, t).await;
     outside.assert_alive().await;
@@ -685,7 +695,6 @@ async fn the_server_binary_with_a_config_file_obeys_bans_added_and_removed_by_th
     let mut c = TestClient::connect_from(addr, LOCALHOST).await;
     c.hello().await;
     c.join(&[]).await;
-    let t = Instant::now();
     let mut add = server_cmd();
     add.args([
         "bans",
@@ -702,6 +711,7 @@ async fn the_server_binary_with_a_config_file_obeys_bans_added_and_removed_by_th
         .await
         .unwrap()
         .ok();
+    let t = Instant::now(); // the ban is in the file
     expect_kicked(&mut c, t).await;
     assert!(connect_outcome(addr, LOCALHOST).await.is_err());
 
