@@ -5,6 +5,9 @@ use peer_stream::app::embedded::EmbeddedServer;
 use peer_stream::app::handle::{EngineHandle, LiveEngine};
 use peer_stream::app::settings::{Settings, STORAGE_KEY};
 use peer_stream::app::PeerStreamApp;
+use peer_stream::check::devices::DeviceChoices;
+use peer_stream::check::job::CheckSetup;
+use peer_stream::check::CheckOptions;
 use peer_stream::engine::stats::Counters;
 use peer_stream::engine::{Engine, EngineConfig};
 use peer_stream::headless::summarize_counters;
@@ -122,10 +125,26 @@ pub fn run(opts: GuiOptions, base: EngineConfig) -> anyhow::Result<()> {
                     s.sink_choice()
                 };
                 config.auto_requeue = s.auto_requeue;
+                // "Check my setup" checks what a call would use: this server, these
+                // addresses and devices.
+                let check = CheckSetup {
+                    runtime: handle.clone(),
+                    options: CheckOptions {
+                        server_url: config.server_url.clone(),
+                        udp_addrs: config.udp_addrs.clone(),
+                        ice_policy: config.ice_policy,
+                        devices: DeviceChoices {
+                            camera: s.camera,
+                            microphone: s.microphone,
+                            speaker: s.speaker,
+                        },
+                    },
+                    speaker: config.audio_out.clone(),
+                };
                 let engine = Engine::start(config, &handle, Arc::clone(&repaint));
                 *slot.lock().unwrap_or_else(PoisonError::into_inner) =
                     Some(Arc::clone(&engine.counters));
-                Box::new(LiveEngine::new(engine))
+                Box::new(LiveEngine::new(engine).with_setup_check(check))
             };
             let engine = factory(&settings);
             let mut app = PeerStreamApp::new(settings, engine, Some(Box::new(factory)));

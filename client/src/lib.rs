@@ -6,6 +6,7 @@
 //! bounded channels, and only `net::peer` speaks webrtc.
 
 pub mod app;
+pub mod check;
 pub mod engine;
 pub mod headless;
 pub mod media;

@@ -26,6 +26,11 @@ struct Args {
     /// Run without a window: a bot that meets strangers and prints a JSON summary at exit.
     #[arg(long)]
     headless: bool,
+    /// Check this setup without a window (server, devices, what the network allows) and
+    /// print one JSON line; exit 0 when calls can connect (`can_call` direct or relay).
+    /// Uses --server, else the app's saved server, else its built-in server.
+    #[arg(long, conflicts_with = "headless")]
+    check: bool,
     /// Use a synthetic moving test pattern and a tone instead of camera and microphone
     /// (chosen automatically when no device exists).
     #[arg(long)]
@@ -101,6 +106,9 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if args.check {
+        return run_check(&args);
+    }
 
     let mut engine = EngineConfig::new(args.server.clone());
     if args.fake_media {
@@ -136,6 +144,26 @@ fn main() -> anyhow::Result<()> {
     drop(out);
     runtime.shutdown_timeout(Duration::from_secs(2));
     if summary.success() {
+        Ok(())
+    } else {
+        std::process::exit(1);
+    }
+}
+
+/// `--check`: the report as one JSON line on stdout (also when the server is
+/// unreachable); exit status 0 when calls can connect, 1 otherwise.
+fn run_check(args: &Args) -> anyhow::Result<()> {
+    let report = peer_stream::check::cli::run(peer_stream::check::cli::CliOptions {
+        server: args.server_given.then(|| args.server.clone()),
+        udp_addrs: args.udp_addrs.clone(),
+        ice_policy: args.ice_policy,
+    })?;
+    let json = serde_json::to_string(&report).context("encoding the report")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{json}").context("writing the report")?;
+    out.flush().ok();
+    drop(out);
+    if report.can_call.works() {
         Ok(())
     } else {
         std::process::exit(1);

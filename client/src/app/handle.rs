@@ -2,6 +2,8 @@
 //! [`FakeEngine`] in UI tests (state in, commands out), so every screen is tested
 //! without a network, a camera or a clock.
 
+use crate::check::job::{CheckJobs, CheckSetup, CheckStatus, ToneState};
+use crate::check::CheckReport;
 use crate::engine::stats::CallStats;
 use crate::engine::{Command, Engine, EngineEvent, EngineState};
 use crate::media::frame::RgbaFrame;
@@ -19,18 +21,40 @@ pub trait EngineHandle {
     /// Our own newest captured frame, if newer than `since`.
     fn local_frame(&self, since: Option<u64>) -> Option<(u64, RgbaFrame)>;
     fn mic_level(&self) -> f32;
+    /// Starts the setup check ("Check my setup") in the background; a running one is
+    /// replaced. Poll [`EngineHandle::check_status`].
+    fn start_check(&mut self) {}
+    fn check_status(&self) -> CheckStatus {
+        CheckStatus::NotStarted
+    }
+    /// Plays a short test tone on the speaker calls use, at `volume`.
+    fn play_test_tone(&mut self, _volume: f32) {}
+    fn test_tone(&self) -> ToneState {
+        ToneState::Idle
+    }
 }
 
 /// The real engine behind the trait.
 pub struct LiveEngine {
     pub engine: Engine,
     events: Option<tokio::sync::mpsc::Receiver<EngineEvent>>,
+    checks: CheckJobs,
 }
 
 impl LiveEngine {
     pub fn new(mut engine: Engine) -> Self {
         let events = engine.take_events();
-        Self { engine, events }
+        Self {
+            engine,
+            events,
+            checks: CheckJobs::default(),
+        }
+    }
+
+    /// Lets the setup check run on `setup.runtime` against this engine's server.
+    pub fn with_setup_check(mut self, setup: CheckSetup) -> Self {
+        self.checks = CheckJobs::new(setup);
+        self
     }
 }
 
@@ -66,6 +90,22 @@ impl EngineHandle for LiveEngine {
     fn mic_level(&self) -> f32 {
         self.engine.mic_level()
     }
+
+    fn start_check(&mut self) {
+        self.checks.start();
+    }
+
+    fn check_status(&self) -> CheckStatus {
+        self.checks.status()
+    }
+
+    fn play_test_tone(&mut self, volume: f32) {
+        self.checks.play_tone(volume);
+    }
+
+    fn test_tone(&self) -> ToneState {
+        self.checks.tone()
+    }
 }
 
 /// A scriptable engine for UI tests: clone it, give one clone to the app, and use the
@@ -82,6 +122,12 @@ pub struct FakeInner {
     pub remote: Option<(u64, RgbaFrame)>,
     pub local: Option<(u64, RgbaFrame)>,
     pub level: f32,
+    /// What `start_check` finishes with at once (`None`: the check stays running).
+    pub check_result: Option<CheckReport>,
+    pub check: CheckStatus,
+    pub checks_started: u32,
+    pub tone: ToneState,
+    pub tones_played: u32,
 }
 
 impl Default for FakeInner {
@@ -106,6 +152,11 @@ impl Default for FakeInner {
             remote: None,
             local: None,
             level: 0.3,
+            check_result: None,
+            check: CheckStatus::NotStarted,
+            checks_started: 0,
+            tone: ToneState::Idle,
+            tones_played: 0,
         }
     }
 }
@@ -167,5 +218,30 @@ impl EngineHandle for FakeEngine {
 
     fn mic_level(&self) -> f32 {
         self.with(|i| i.level)
+    }
+
+    fn start_check(&mut self) {
+        self.with(|i| {
+            i.checks_started += 1;
+            i.check = match &i.check_result {
+                Some(r) => CheckStatus::Done(r.clone()),
+                None => CheckStatus::Running,
+            };
+        });
+    }
+
+    fn check_status(&self) -> CheckStatus {
+        self.with(|i| i.check.clone())
+    }
+
+    fn play_test_tone(&mut self, _volume: f32) {
+        self.with(|i| {
+            i.tones_played += 1;
+            i.tone = ToneState::Played("Fake speaker".into());
+        });
+    }
+
+    fn test_tone(&self) -> ToneState {
+        self.with(|i| i.tone.clone())
     }
 }
