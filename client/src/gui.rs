@@ -23,6 +23,7 @@ pub struct GuiOptions {
     pub start: bool,
     pub duration: Option<Duration>,
     pub screenshot: Option<PathBuf>,
+    pub screenshot_undo: Option<PathBuf>,
 }
 
 const APP_ID: &str = "peer-stream";
@@ -151,6 +152,7 @@ pub fn run(opts: GuiOptions, base: EngineConfig) -> anyhow::Result<()> {
             app.hosting_note = hosting_note;
             app.automation.exit_at = opts.duration.map(|d| Instant::now() + d);
             app.automation.screenshot = opts.screenshot.clone();
+            app.automation.screenshot_undo = opts.screenshot_undo.clone();
             app.automation.screenshot_after_frames = 30;
             app.automation.frames_decoded = counters_slot
                 .lock()

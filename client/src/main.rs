@@ -74,6 +74,10 @@ struct Args {
     /// Desktop: save a PNG of the window here once a call shows the stranger's video.
     #[arg(long, value_name = "PATH")]
     screenshot: Option<std::path::PathBuf>,
+    /// Desktop, after --screenshot: press Next, save a PNG here while the Undo button
+    /// counts down, then press Undo (docs and tests).
+    #[arg(long, value_name = "PATH", requires = "screenshot")]
+    screenshot_undo: Option<std::path::PathBuf>,
     /// Log filter (tracing EnvFilter syntax); logs go to stderr.
     #[arg(long, env = "PEER_STREAM_LOG", default_value = "info")]
     log: String,
@@ -90,6 +94,7 @@ impl Args {
             start: self.start,
             duration: self.duration.map(Duration::from_secs_f64),
             screenshot: self.screenshot.clone(),
+            screenshot_undo: self.screenshot_undo.clone(),
         }
     }
 }

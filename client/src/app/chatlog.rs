@@ -55,7 +55,7 @@ impl ChatLog {
             ),
             Notice::System(text) => self.push(Speaker::System, text.clone()),
             Notice::Error { message, .. } => self.push(Speaker::Error, message.clone()),
-            Notice::StrangerTyping(_) | Notice::Online(_) => {}
+            Notice::StrangerTyping(_) | Notice::Counts { .. } => {}
         }
         false
     }

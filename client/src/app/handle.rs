@@ -136,6 +136,11 @@ impl Default for FakeInner {
             state: EngineState {
                 phase: Phase::Idle,
                 online: Some(42),
+                waiting: Some(3),
+                undo_until: None,
+                chat_muted: false,
+                resumed: false,
+                can_block: false,
                 stats: CallStats::default(),
                 stranger_typing: false,
                 video_source: "Synthetic test pattern 640x480".into(),
@@ -190,6 +195,10 @@ impl EngineHandle for FakeEngine {
             match &cmd {
                 Command::SetMicMuted(on) => i.state.mic_muted = *on,
                 Command::SetCameraOff(on) => i.state.camera_off = *on,
+                // As the session machine does: one undo, one block; mute per call.
+                Command::UndoNext => i.state.undo_until = None,
+                Command::Block => i.state.can_block = false,
+                Command::MuteChat(on) => i.state.chat_muted = *on,
                 _ => {}
             }
             i.sent.push(cmd);

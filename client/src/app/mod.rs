@@ -15,7 +15,7 @@ mod video;
 
 use crate::engine::{Command, EngineEvent, EngineState};
 use crate::media::capture::DeviceInfo;
-use crate::session::machine::Phase;
+use crate::session::machine::{Notice, Phase};
 use chatlog::ChatLog;
 use handle::EngineHandle;
 use settings::Settings;
@@ -25,6 +25,9 @@ use std::time::{Duration, Instant};
 /// Builds an engine for the given settings (the app re-creates it when the server or
 /// the devices change). Tests use a fixed fake instead.
 pub type EngineFactory = Box<dyn FnMut(&Settings) -> Box<dyn EngineHandle>>;
+
+/// The chat line of a call that starts blurred.
+pub const VIDEO_HIDDEN_LINE: &str = "Video hidden until you show it.";
 
 /// How long the first press of Next waits for the confirming second press.
 pub const NEXT_CONFIRM_WINDOW: Duration = Duration::from_secs(3);
@@ -62,6 +65,12 @@ struct UiState {
     typing_sent: bool,
     last_keystroke: Option<Instant>,
     retry_at: Option<Instant>,
+    /// The user clicked "Show video" in this call.
+    revealed: bool,
+    /// A call just began blurred: say so in the chat after the engine's opening lines.
+    hidden_line_due: bool,
+    /// "Don't match me with this person again", ticked in the report dialog.
+    report_block: bool,
     /// The About box (opened from the home screen).
     about_open: bool,
 }
@@ -135,6 +144,48 @@ impl PeerStreamApp {
 
     fn send(&mut self, cmd: Command) {
         self.engine.send(cmd);
+    }
+
+    /// The stranger's video is still blurred in this call.
+    pub fn video_hidden(&self) -> bool {
+        !self.settings.always_show_video && !self.ui.revealed
+    }
+
+    /// The stranger's picture on screen is the blurred one (for tests).
+    pub fn remote_video_blurred(&self) -> bool {
+        self.video.remote_blurred()
+    }
+
+    /// A stranger's picture is on screen (blurred or not).
+    pub fn remote_video_shown(&self) -> bool {
+        self.video.remote.is_some()
+    }
+
+    /// "Show video": unblur the stranger for the rest of this call.
+    fn reveal(&mut self) {
+        self.ui.revealed = true;
+    }
+
+    /// Seconds left to undo the last Next (rounded up), if it can still be undone.
+    pub fn undo_seconds_left(&self, now: Instant) -> Option<u64> {
+        let until = self.state.undo_until?;
+        let left = until.checked_duration_since(now)?;
+        Some(left.as_millis().div_ceil(1000).max(1) as u64)
+    }
+
+    fn undo(&mut self) {
+        self.send(Command::UndoNext);
+        // Shown until the engine confirms (the server answers within a round trip).
+        self.state.undo_until = None;
+    }
+
+    fn block(&mut self) {
+        self.send(Command::Block);
+        self.state.can_block = false;
+    }
+
+    fn set_chat_muted(&mut self, on: bool) {
+        self.send(Command::MuteChat(on));
     }
 
     /// Start (or New stranger): apply home-screen settings, rebuild the engine if the
@@ -232,14 +283,26 @@ impl PeerStreamApp {
 
     /// Pulls engine events and state; called once per frame before drawing.
     pub fn refresh(&mut self) {
+        let muted = self.engine.state().chat_muted;
         for ev in self.engine.drain_events() {
             match ev {
+                // Muted: the engine drops the stranger's lines already; so does the UI.
+                EngineEvent::Notice(Notice::Chat { from_me: false, .. }) if muted => {}
                 EngineEvent::Notice(n) => {
                     if self.chat.apply(&n) {
-                        // A new stranger: fresh transcript, no picture of the last one.
+                        // A new stranger: fresh transcript, no picture of the last one,
+                        // blurred again until shown.
                         self.chat.clear();
                         self.video.clear_remote();
                         self.ui.next_armed_until = None;
+                        self.ui.revealed = false;
+                        self.ui.hidden_line_due = !self.settings.always_show_video;
+                    } else if matches!(n, Notice::System(_))
+                        && std::mem::take(&mut self.ui.hidden_line_due)
+                    {
+                        // Right after the engine's opening line.
+                        self.chat
+                            .apply(&Notice::System(VIDEO_HIDDEN_LINE.to_owned()));
                     }
                 }
                 EngineEvent::ServerUnreachable { retry_in, .. } => {
@@ -247,6 +310,11 @@ impl PeerStreamApp {
                 }
                 EngineEvent::Phase(_) | EngineEvent::Stats(_) => {}
             }
+        }
+        // (Or at once, should the opening line come later.)
+        if std::mem::take(&mut self.ui.hidden_line_due) {
+            self.chat
+                .apply(&Notice::System(VIDEO_HIDDEN_LINE.to_owned()));
         }
         self.state = self.engine.state();
         if self.state.server_error.is_none() {
@@ -260,6 +328,20 @@ impl PeerStreamApp {
         let now = Instant::now();
         if ctx.input(|i| i.key_pressed(egui::Key::Escape)) && self.screen() == Screen::Session {
             self.press_next(now);
+        }
+        // Alt+U: undo the last Next. Taken out of the input before any widget runs, with
+        // the text it may have produced, so it never types into the chat box.
+        if self.screen() == Screen::Session {
+            let pressed = ctx.input_mut(|i| {
+                let hit = i.consume_key(egui::Modifiers::ALT, egui::Key::U);
+                if hit {
+                    i.events.retain(|e| !matches!(e, egui::Event::Text(_)));
+                }
+                hit
+            });
+            if pressed && self.undo_seconds_left(now).is_some() {
+                self.undo();
+            }
         }
         ui::top_bar(self, ctx);
         match self.screen() {

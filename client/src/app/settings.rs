@@ -1,5 +1,6 @@
 //! What the app remembers between runs (eframe storage): devices, interests, server,
-//! volume, auto-requeue, and whether the first-run notice was accepted.
+//! volume, auto-requeue, whether the stranger's video starts blurred, and whether the
+//! first-run notice was accepted.
 
 use crate::media::capture::{AudioChoice, VideoChoice};
 use crate::media::playback::SinkChoice;
@@ -23,6 +24,9 @@ pub struct Settings {
     pub accepted_notice: bool,
     /// Host the embedded server on all interfaces so others on the LAN can join.
     pub host_on_lan: bool,
+    /// Show the stranger's video at once. Off (the default): it starts blurred and the
+    /// user reveals it per call with "Show video".
+    pub always_show_video: bool,
 }
 
 impl Default for Settings {
@@ -38,6 +42,7 @@ impl Default for Settings {
             auto_requeue: true,
             accepted_notice: false,
             host_on_lan: false,
+            always_show_video: false,
         }
     }
 }
@@ -108,5 +113,6 @@ mod tests {
         assert_eq!(serde_json::from_str::<Settings>(&text).expect("parse"), s);
         let old: Settings = serde_json::from_str(r#"{"volume":0.2}"#).expect("partial");
         assert!(old.auto_requeue);
+        assert!(!old.always_show_video, "video starts blurred for new users");
     }
 }

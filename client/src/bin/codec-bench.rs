@@ -1,16 +1,18 @@
 //! `codec-bench`: how fast openh264 and Opus run on this machine, single-threaded, on
 //! the synthetic test pattern and tone — the numbers that decide which resolutions can
 //! be sent in real time. Also sweeps the encoder's rate control (with and without
-//! frame skipping) to show how well it holds its target.
+//! frame skipping) to show how well it holds its target. And the blur that hides a
+//! stranger's video until it is revealed (`--blur-only` runs just that).
 //!
 //! Run in release: `cargo run --release -p peer-stream --bin codec-bench [-- --frames N]`.
 //! Prints a table, then one JSON line with every figure.
 #![allow(clippy::print_stdout)]
 
 use anyhow::{bail, Context, Result};
+use peer_stream::media::blur::Blur;
 use peer_stream::media::codec::h264::{H264Decoder, H264Encoder, H264Settings};
 use peer_stream::media::codec::opus::{OpusDecoder, OpusEncoder};
-use peer_stream::media::convert::{psnr, rgb_to_i420};
+use peer_stream::media::convert::{i420_to_rgba, psnr, rgb_to_i420};
 use peer_stream::media::frame::VideoFrame;
 use peer_stream::media::pattern;
 use peer_stream::media::tone::ToneGenerator;
@@ -179,9 +181,31 @@ fn bench_helpers(n: usize) -> (f64, f64) {
     (render_ms, convert_ms)
 }
 
+/// The blur of a decoded 640×480 RGBA frame (one thread), in ms per frame.
+fn bench_blur(n: usize) -> f64 {
+    let rgba: Vec<_> = (0..8u64)
+        .map(|s| {
+            let f = pattern::render(s, capture_us(s), 640, 480);
+            i420_to_rgba(&f)
+        })
+        .collect();
+    let mut blur = Blur::new();
+    let mut out = Vec::new();
+    // Warm up (buffers sized once, as in the app).
+    blur.rgba_into(&rgba[0].data, 640, 480, &mut out);
+    let start = Instant::now();
+    for i in 0..n {
+        let f = &rgba[i % rgba.len()];
+        blur.rgba_into(&f.data, f.width, f.height, &mut out);
+        std::hint::black_box(&out);
+    }
+    start.elapsed().as_secs_f64() * 1000.0 / n as f64
+}
+
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let mut n = 300usize;
+    let mut blur_only = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--frames" => {
@@ -191,8 +215,11 @@ fn main() -> Result<()> {
                     .parse()
                     .context("--frames")?
             }
+            "--blur-only" => blur_only = true,
             "-h" | "--help" => {
-                println!("usage: codec-bench [--frames N]   (default 300 video frames per size)");
+                println!(
+                    "usage: codec-bench [--frames N] [--blur-only]   (default 300 video frames per size)"
+                );
                 return Ok(());
             }
             other => bail!("unknown argument {other}"),
@@ -200,6 +227,19 @@ fn main() -> Result<()> {
     }
     if cfg!(debug_assertions) {
         println!("warning: debug build; run with --release for meaningful figures");
+    }
+    let blur_ms = bench_blur(n.max(300));
+    println!(
+        "Blur 640x480 RGBA (until revealed): {blur_ms:.2} ms/frame = {:.0} fps on one core",
+        1000.0 / blur_ms
+    );
+    if blur_only {
+        println!(
+            "{{\"bench\":\"blur\",\"release\":{},\"blur_640x480_ms\":{blur_ms:.3},\"blur_640x480_fps\":{:.0}}}",
+            !cfg!(debug_assertions),
+            1000.0 / blur_ms
+        );
+        return Ok(());
     }
     let video = vec![
         bench_video(640, 480, 1_000_000, n)?,
@@ -264,7 +304,7 @@ fn main() -> Result<()> {
         })
         .collect();
     println!(
-        "{{\"bench\":\"codec\",\"release\":{},\"frames\":{n},\"h264\":[{}],\"rate_control_640x480\":[{}],\"opus\":{{\"encode_us\":{:.1},\"decode_us\":{:.1},\"kbps\":{:.1}}},\"render_640x480_ms\":{:.3},\"rgb_to_i420_640x480_ms\":{:.3}}}",
+        "{{\"bench\":\"codec\",\"release\":{},\"frames\":{n},\"h264\":[{}],\"rate_control_640x480\":[{}],\"opus\":{{\"encode_us\":{:.1},\"decode_us\":{:.1},\"kbps\":{:.1}}},\"render_640x480_ms\":{:.3},\"rgb_to_i420_640x480_ms\":{:.3},\"blur_640x480_ms\":{:.3}}}",
         !cfg!(debug_assertions),
         vjson.join(","),
         sjson.join(","),
@@ -272,7 +312,8 @@ fn main() -> Result<()> {
         audio.decode_us,
         audio.kbps,
         render_ms,
-        convert_ms
+        convert_ms,
+        blur_ms
     );
     Ok(())
 }

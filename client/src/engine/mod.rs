@@ -80,6 +80,12 @@ pub enum Command {
     SetAutoRequeue(bool),
     /// Playback gain, 0.0–2.0.
     SetVolume(f32),
+    /// Bring back the stranger the last Next skipped (while `undo_until` is set).
+    UndoNext,
+    /// Never be matched with the current (or last) stranger again.
+    Block,
+    /// Hide (true) or show again (false) the stranger's chat lines for this call.
+    MuteChat(bool),
 }
 
 /// What happened, in order, for chat logs and bots.
@@ -99,7 +105,17 @@ pub enum EngineEvent {
 #[derive(Clone, Debug)]
 pub struct EngineState {
     pub phase: Phase,
+    /// Live counts (the server's `counts`, `welcome` and `queued`).
     pub online: Option<u64>,
+    pub waiting: Option<u64>,
+    /// Undo of the last Next is offered until then.
+    pub undo_until: Option<std::time::Instant>,
+    /// The stranger's chat lines are hidden for this call.
+    pub chat_muted: bool,
+    /// The current call is a resumed one (an undone Next).
+    pub resumed: bool,
+    /// There is a current or last stranger who can be blocked.
+    pub can_block: bool,
     pub stats: CallStats,
     pub stranger_typing: bool,
     pub video_source: String,
@@ -145,6 +161,11 @@ impl Engine {
         let state = Arc::new(Mutex::new(EngineState {
             phase: Phase::Offline,
             online: None,
+            waiting: None,
+            undo_until: None,
+            chat_muted: false,
+            resumed: false,
+            can_block: false,
             stats: CallStats::default(),
             stranger_typing: false,
             video_source: hub.video_name.clone(),

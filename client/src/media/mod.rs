@@ -2,6 +2,7 @@
 //! synthetic stand-ins), codecs, playback, and the latest-frame mailbox the UI reads.
 
 pub mod audio_device;
+pub mod blur;
 pub mod capture;
 pub mod clock;
 pub mod codec;

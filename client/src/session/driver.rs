@@ -12,7 +12,7 @@ use crate::media::mailbox::FrameMailbox;
 use crate::media::playback::AudioSink;
 use crate::net::peer::{parse_signal, PeerEvent, PeerSettings, PeerState};
 use crate::net::signaling::{self, SignalingEvent};
-use crate::session::machine::{Input, Notice, Output, Phase, Session};
+use crate::session::machine::{Input, Notice, Output, Phase, Session, Status, UNDO_WINDOW};
 use peer_stream_shared::{ClientMessage, MatchId, Role, SignalPayload};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -31,6 +31,17 @@ pub struct Driver {
     pub hub: CaptureHub,
     pub repaint: Arc<dyn Fn() + Send + Sync>,
     pub cancel: CancellationToken,
+}
+
+/// Resolves at the end of the open undo window (never when none is open).
+async fn undo_expiry(undo: Option<(u64, tokio::time::Instant)>) -> u64 {
+    match undo {
+        Some((generation, at)) => {
+            tokio::time::sleep_until(at).await;
+            generation
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_peer_event(call: &mut Option<Call>) -> Option<PeerEvent> {
@@ -58,10 +69,17 @@ impl Driver {
         let mut last_phase = Phase::Offline;
         let mut bitrate = BitrateController::new(self.config.video_settings.bitrate_bps);
         let mut bitrate_call: Option<String> = None;
+        let mut last_status = Status::default();
+        // The open undo window: its number and when it closes.
+        let mut undo: Option<(u64, tokio::time::Instant)> = None;
 
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
+                generation = undo_expiry(undo) => {
+                    undo = None;
+                    session.handle(Input::UndoExpired(generation));
+                }
                 cmd = self.commands.recv() => {
                     let Some(cmd) = cmd else { break };
                     if let Some(input) = self.on_command(cmd, &mut session) {
@@ -134,6 +152,23 @@ impl Driver {
                 self.update(|s| s.phase = last_phase.clone());
                 self.emit(EngineEvent::Phase(last_phase.clone()));
             }
+            if *session.status() != last_status {
+                let status = session.status().clone();
+                if status.undo != last_status.undo {
+                    let now = tokio::time::Instant::now();
+                    undo = status.undo.map(|g| (g, now + UNDO_WINDOW));
+                }
+                let undo_until = undo.map(|(_, at)| at.into_std());
+                self.update(|s| {
+                    s.online = status.online;
+                    s.waiting = status.waiting;
+                    s.undo_until = undo_until;
+                    s.chat_muted = status.chat_muted;
+                    s.resumed = status.resumed;
+                    s.can_block = status.can_block;
+                });
+                last_status = status;
+            }
         }
 
         if let Some(c) = call.take() {
@@ -151,6 +186,9 @@ impl Driver {
             Command::SendChat(t) => Input::SendChat(t),
             Command::Typing(on) => Input::Typing(on),
             Command::Report(r) => Input::Report(r),
+            Command::UndoNext => Input::UndoNext,
+            Command::Block => Input::Block,
+            Command::MuteChat(on) => Input::MuteChat(on),
             Command::SetMicMuted(on) => {
                 self.hub.controls.mic_muted.store(on, Relaxed);
                 self.update(|s| s.mic_muted = on);
@@ -279,7 +317,6 @@ impl Driver {
             }
             Output::Notify(notice) => {
                 match &notice {
-                    Notice::Online(n) => self.update(|s| s.online = Some(*n)),
                     Notice::StrangerTyping(on) => self.update(|s| s.stranger_typing = *on),
                     Notice::Chat { from_me: false, .. } => {
                         self.counters.chat_received.fetch_add(1, Relaxed);

@@ -11,6 +11,11 @@ use peer_stream_shared::{
 };
 use serde_json::Value;
 use std::collections::VecDeque;
+use std::time::Duration;
+
+/// How long after the user's own Next an Undo is offered (the server enforces the same
+/// window from when it receives `next`, which is later, so the client never asks late).
+pub const UNDO_WINDOW: Duration = Duration::from_secs(5);
 
 /// Where the session is; what the UI shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +76,15 @@ pub enum Input {
     PeerConnected(MatchId),
     /// The peer connection for `match_id` failed or closed by itself.
     PeerFailed(MatchId),
+    /// Bring back the stranger skipped by the last Next (offered for [`UNDO_WINDOW`]).
+    UndoNext,
+    /// The undo window numbered `generation` (see [`Status::undo`]) is over. The
+    /// driver sends it [`UNDO_WINDOW`] after the window opened; the machine has no clock.
+    UndoExpired(u64),
+    /// Never be matched with the current (or last) stranger again.
+    Block,
+    /// Hide (true) or show again (false) the stranger's chat lines for this call.
+    MuteChat(bool),
 }
 
 /// What the driver must do.
@@ -109,12 +123,35 @@ pub enum Notice {
         code: ErrorCode,
         message: String,
     },
-    /// Welcome from the server: how many people are online.
-    Online(u64),
+    /// How many people are online and waiting changed (from `welcome`, `queued` or
+    /// `counts`); the newest figures are also in [`Status`].
+    Counts {
+        online: Option<u64>,
+        waiting: Option<u64>,
+    },
     /// A new match began (common interests).
     Matched {
         common_interests: Vec<String>,
     },
+}
+
+/// What the UI shows besides the phase and the transcript; the driver copies it into
+/// the engine state whenever it changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    /// People connected to the server (this one included), from `welcome`/`counts`.
+    pub online: Option<u64>,
+    /// People in the queue, from `queued`/`counts`.
+    pub waiting: Option<u64>,
+    /// An Undo is offered: the number of this undo window (it changes with every Next
+    /// that skipped someone, so the driver restarts its timer).
+    pub undo: Option<u64>,
+    /// The stranger's chat lines are hidden for this call.
+    pub chat_muted: bool,
+    /// The current call is a resumed one (an undone Next, on either side).
+    pub resumed: bool,
+    /// There is a current or last stranger who is not blocked yet.
+    pub can_block: bool,
 }
 
 #[derive(Debug)]
@@ -130,6 +167,14 @@ pub struct Session {
     client_name: String,
     /// The last match, kept after it ends so it can still be reported.
     last_match: Option<MatchId>,
+    /// The last match was blocked already.
+    last_blocked: bool,
+    /// Counts, undo offer, mute: see [`Status`].
+    status: Status,
+    /// Numbers the undo windows.
+    undo_generation: u64,
+    /// We sent `undo_next` and wait for `matched` (resumed) or `undo_unavailable`.
+    undo_pending: bool,
     out: VecDeque<Output>,
 }
 
@@ -143,8 +188,17 @@ impl Session {
             welcomed: false,
             client_name: client_name.into(),
             last_match: None,
+            last_blocked: false,
+            status: Status::default(),
+            undo_generation: 0,
+            undo_pending: false,
             out: VecDeque::new(),
         }
+    }
+
+    /// Counts, the undo offer, mute and block availability.
+    pub fn status(&self) -> &Status {
+        &self.status
     }
 
     pub fn phase(&self) -> &Phase {
@@ -191,6 +245,45 @@ impl Session {
         self.phase = Phase::Ended { reason };
     }
 
+    fn set_counts(&mut self, online: Option<u64>, waiting: Option<u64>) {
+        let (online, waiting) = (
+            online.or(self.status.online),
+            waiting.or(self.status.waiting),
+        );
+        if (online, waiting) != (self.status.online, self.status.waiting) {
+            self.status.online = online;
+            self.status.waiting = waiting;
+            self.notify(Notice::Counts { online, waiting });
+        }
+    }
+
+    fn update_can_block(&mut self) {
+        self.status.can_block = self.last_match.is_some() && !self.last_blocked;
+    }
+
+    /// Skips the current stranger (or the wait). `offer_undo`: the user's own Next,
+    /// which may be undone; not after Report or a failed connection.
+    fn skip(&mut self, offer_undo: bool) {
+        self.wants_search = true;
+        if !self.welcomed {
+            return;
+        }
+        let skipped = self.in_call();
+        if skipped {
+            self.end_call(EndReason::WeLeft);
+            self.system("You skipped the stranger.");
+        }
+        self.send(ClientMessage::Next);
+        self.phase = Phase::Searching { waiting: 0 };
+        self.undo_pending = false;
+        if skipped && offer_undo {
+            self.undo_generation += 1;
+            self.status.undo = Some(self.undo_generation);
+        } else {
+            self.status.undo = None;
+        }
+    }
+
     fn join(&mut self) {
         self.send(ClientMessage::Join {
             interests: self.interests.clone(),
@@ -213,20 +306,10 @@ impl Session {
                     self.join();
                 }
             }
-            Input::Next => {
-                self.wants_search = true;
-                if !self.welcomed {
-                    return;
-                }
-                if self.in_call() {
-                    self.end_call(EndReason::WeLeft);
-                    self.system("You skipped the stranger.");
-                }
-                self.send(ClientMessage::Next);
-                self.phase = Phase::Searching { waiting: 0 };
-            }
+            Input::Next => self.skip(true),
             Input::Stop => {
                 self.wants_search = false;
+                self.status.undo = None;
                 if !self.welcomed {
                     return;
                 }
@@ -275,8 +358,52 @@ impl Session {
                 };
                 self.send(ClientMessage::Report { match_id, reason });
                 self.system("Thanks. The stranger was reported.");
+                // A reported stranger is not offered back.
+                self.status.undo = None;
                 if self.in_call() {
-                    self.handle(Input::Next);
+                    self.skip(false);
+                }
+            }
+            Input::UndoNext => {
+                if self.status.undo.take().is_none() || !self.welcomed {
+                    return;
+                }
+                self.undo_pending = true;
+                self.send(ClientMessage::UndoNext);
+                self.system("Bringing the stranger back…");
+            }
+            Input::UndoExpired(generation) => {
+                if self.status.undo == Some(generation) {
+                    self.status.undo = None;
+                }
+            }
+            Input::Block => {
+                if self.last_blocked || !self.welcomed {
+                    return;
+                }
+                let Some(match_id) = self.current_match().cloned().or(self.last_match.clone())
+                else {
+                    return;
+                };
+                self.send(ClientMessage::Block { match_id });
+                self.last_blocked = true;
+                // Undo would bring the blocked stranger back.
+                self.status.undo = None;
+                self.update_can_block();
+                self.system("You won't be matched with this person again.");
+            }
+            Input::MuteChat(on) => {
+                if !self.in_call() || self.status.chat_muted == on {
+                    return;
+                }
+                self.status.chat_muted = on;
+                if on {
+                    self.notify(Notice::StrangerTyping(false));
+                    self.system(
+                        "Chat muted: the stranger's messages are hidden for the rest of this call.",
+                    );
+                } else {
+                    self.system("Chat unmuted.");
                 }
             }
             Input::ServerConnected => {
@@ -284,11 +411,16 @@ impl Session {
                 self.send(ClientMessage::Hello {
                     version: peer_stream_shared::PROTOCOL_VERSION,
                     client: self.client_name.clone(),
-                    counts: false,
+                    counts: true,
                 });
             }
             Input::ServerLost => {
                 self.welcomed = false;
+                // A new server session cannot undo or block what the old one did.
+                self.status.undo = None;
+                self.undo_pending = false;
+                self.last_match = None;
+                self.update_can_block();
                 if self.in_call() {
                     self.end_call(EndReason::ServerLost);
                     self.system("Lost the connection to the server.");
@@ -308,8 +440,7 @@ impl Session {
                     self.end_call(EndReason::ConnectionFailed);
                     self.system("The connection to the stranger failed.");
                     if self.wants_search {
-                        self.send(ClientMessage::Next);
-                        self.phase = Phase::Searching { waiting: 0 };
+                        self.skip(false);
                     }
                 }
             }
@@ -320,7 +451,7 @@ impl Session {
         match msg {
             ServerMessage::Welcome { online, .. } => {
                 self.welcomed = true;
-                self.notify(Notice::Online(online));
+                self.set_counts(Some(online), None);
                 if self.wants_search {
                     self.join();
                 } else {
@@ -331,14 +462,22 @@ impl Session {
                 if matches!(self.phase, Phase::Searching { .. }) {
                     self.phase = Phase::Searching { waiting };
                 }
+                self.set_counts(None, Some(waiting));
+            }
+            ServerMessage::Counts { online, waiting } => {
+                self.set_counts(Some(online), Some(waiting));
+                if matches!(self.phase, Phase::Searching { .. }) {
+                    self.phase = Phase::Searching { waiting };
+                }
             }
             ServerMessage::Matched {
                 match_id,
                 role,
                 common_interests,
                 ice_servers,
-                ..
+                resumed,
             } => {
+                let undone_by_us = std::mem::take(&mut self.undo_pending);
                 if !self.wants_search {
                     // We pressed Stop while the match was being made: leave it at once.
                     self.send(ClientMessage::Leave);
@@ -348,6 +487,15 @@ impl Session {
                     self.out.push_back(Output::StopPeer);
                 }
                 self.last_match = Some(match_id.clone());
+                self.last_blocked = false;
+                self.update_can_block();
+                self.status.chat_muted = false;
+                self.status.resumed = resumed;
+                // A new match does not end the undo offer (the server ends that match
+                // when the undo succeeds); a resumed call is the undo itself.
+                if resumed {
+                    self.status.undo = None;
+                }
                 self.phase = Phase::Connecting {
                     match_id: match_id.clone(),
                     role,
@@ -356,7 +504,13 @@ impl Session {
                 self.notify(Notice::Matched {
                     common_interests: common_interests.clone(),
                 });
-                self.system("You're now chatting with a random stranger. Say hi!");
+                if resumed && undone_by_us {
+                    self.system("You're back with the previous stranger.");
+                } else if resumed {
+                    self.system("Stranger came back.");
+                } else {
+                    self.system("You're now chatting with a random stranger. Say hi!");
+                }
                 if !common_interests.is_empty() {
                     self.system(format!("You both like: {}", common_interests.join(", ")));
                 }
@@ -372,7 +526,7 @@ impl Session {
                 }
             }
             ServerMessage::Chat { match_id, text } => {
-                if self.current_match() == Some(&match_id) {
+                if self.current_match() == Some(&match_id) && !self.status.chat_muted {
                     self.notify(Notice::StrangerTyping(false));
                     self.notify(Notice::Chat {
                         from_me: false,
@@ -381,7 +535,7 @@ impl Session {
                 }
             }
             ServerMessage::Typing { match_id, active } => {
-                if self.current_match() == Some(&match_id) {
+                if self.current_match() == Some(&match_id) && !self.status.chat_muted {
                     self.notify(Notice::StrangerTyping(active));
                 }
             }
@@ -390,6 +544,7 @@ impl Session {
                     return;
                 }
                 self.end_call(EndReason::PartnerLeft(reason));
+                self.status.chat_muted = false;
                 self.notify(Notice::StrangerTyping(false));
                 self.system(match reason {
                     PartnerLeftReason::Skipped => "Stranger skipped to someone new.",
@@ -415,12 +570,18 @@ impl Session {
                     ErrorCode::NotInMatch => {
                         // A race with the partner leaving; partner_left follows.
                     }
+                    ErrorCode::UndoUnavailable => {
+                        // We keep our place (queue or new call); say it plainly.
+                        self.undo_pending = false;
+                        self.system("Couldn't bring them back — they've moved on.");
+                        return;
+                    }
                     _ => {}
                 }
                 self.notify(Notice::Error { code, message });
             }
-            // Replies to requests this machine does not send yet.
-            ServerMessage::Counts { .. } | ServerMessage::IceServers { .. } => {}
+            // The setup check asks for these with its own connection, not this machine.
+            ServerMessage::IceServers { .. } => {}
         }
     }
 }
@@ -656,5 +817,322 @@ mod tests {
         assert!(matches!(s.phase(), Phase::Refused { .. }));
         s.handle(Input::Start { interests: vec![] });
         assert!(drain(&mut s).iter().all(|o| !matches!(o, Output::Send(_))));
+    }
+
+    fn systems(outs: &[Output]) -> Vec<String> {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::Notify(Notice::System(t)) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn in_call(s: &mut Session, id: &str) {
+        s.handle(Input::Start { interests: vec![] });
+        matched(s, id, Role::Offerer);
+        s.handle(Input::PeerConnected(id.into()));
+        drain(s);
+    }
+
+    fn resumed(s: &mut Session, id: &str) {
+        s.handle(Input::Server(ServerMessage::Matched {
+            match_id: id.into(),
+            role: Role::Answerer,
+            common_interests: vec![],
+            ice_servers: vec![],
+            resumed: true,
+        }));
+    }
+
+    #[test]
+    fn hello_asks_for_counts_and_the_latest_counts_are_kept() {
+        let mut s = Session::new("test/1", true);
+        s.handle(Input::ServerConnected);
+        assert_eq!(
+            sends(&drain(&mut s)),
+            vec![ClientMessage::Hello {
+                version: 1,
+                client: "test/1".into(),
+                counts: true
+            }]
+        );
+        s.handle(Input::Server(ServerMessage::Welcome {
+            version: 1,
+            session_id: "me".into(),
+            online: 3,
+        }));
+        assert!(drain(&mut s).contains(&Output::Notify(Notice::Counts {
+            online: Some(3),
+            waiting: None
+        })));
+        s.handle(Input::Server(ServerMessage::Counts {
+            online: 7,
+            waiting: 2,
+        }));
+        assert_eq!(
+            drain(&mut s),
+            vec![Output::Notify(Notice::Counts {
+                online: Some(7),
+                waiting: Some(2)
+            })]
+        );
+        assert_eq!((s.status().online, s.status().waiting), (Some(7), Some(2)));
+        // The same figures again change nothing.
+        s.handle(Input::Server(ServerMessage::Counts {
+            online: 7,
+            waiting: 2,
+        }));
+        assert!(drain(&mut s).is_empty());
+        // Counts keep coming in a call: the UI no longer shows the welcome value.
+        in_call(&mut s, "m1");
+        s.handle(Input::Server(ServerMessage::Counts {
+            online: 9,
+            waiting: 0,
+        }));
+        assert_eq!((s.status().online, s.status().waiting), (Some(9), Some(0)));
+        assert!(matches!(s.phase(), Phase::Live { .. }));
+        // queued updates the waiting figure and the searching phase.
+        s.handle(Input::Next);
+        s.handle(Input::Server(ServerMessage::Queued { waiting: 4 }));
+        assert_eq!(s.phase(), &Phase::Searching { waiting: 4 });
+        assert_eq!(s.status().waiting, Some(4));
+        s.handle(Input::Server(ServerMessage::Counts {
+            online: 9,
+            waiting: 5,
+        }));
+        assert_eq!(s.phase(), &Phase::Searching { waiting: 5 });
+    }
+
+    #[test]
+    fn undo_after_next_brings_the_stranger_back() {
+        let mut s = welcomed();
+        in_call(&mut s, "m1");
+        assert_eq!(s.status().undo, None);
+        s.handle(Input::Next);
+        drain(&mut s);
+        let generation = s.status().undo.expect("undo offered after Next");
+        s.handle(Input::UndoNext);
+        let outs = drain(&mut s);
+        assert_eq!(sends(&outs), vec![ClientMessage::UndoNext]);
+        assert_eq!(s.status().undo, None, "once per skip");
+        s.handle(Input::UndoNext);
+        assert!(sends(&drain(&mut s)).is_empty(), "no second undo");
+        resumed(&mut s, "m2");
+        let outs = drain(&mut s);
+        assert!(outs.iter().any(|o| matches!(o, Output::StartPeer { .. })));
+        assert_eq!(
+            systems(&outs),
+            vec!["You're back with the previous stranger.".to_string()]
+        );
+        assert!(s.status().resumed);
+        assert!(matches!(s.phase(), Phase::Connecting { .. }));
+        // The expiry of the old window changes nothing.
+        s.handle(Input::UndoExpired(generation));
+        assert_eq!(s.status().undo, None);
+        // A resumed call is a call like any other: Next works (and can be undone).
+        s.handle(Input::Next);
+        assert_eq!(sends(&drain(&mut s)), vec![ClientMessage::Next]);
+        assert!(s.status().undo.is_some());
+        // A plain match after that is not "resumed".
+        matched(&mut s, "m3", Role::Offerer);
+        drain(&mut s);
+        assert!(!s.status().resumed);
+    }
+
+    #[test]
+    fn the_skipped_side_sees_the_stranger_come_back() {
+        let mut s = welcomed();
+        in_call(&mut s, "m1");
+        s.handle(Input::Server(ServerMessage::PartnerLeft {
+            match_id: "m1".into(),
+            reason: PartnerLeftReason::Skipped,
+        }));
+        drain(&mut s);
+        assert_eq!(s.status().undo, None, "only the one who skipped can undo");
+        resumed(&mut s, "m2");
+        let outs = drain(&mut s);
+        assert_eq!(systems(&outs), vec!["Stranger came back.".to_string()]);
+        assert!(s.status().resumed);
+        assert!(s.current_match() == Some(&"m2".into()));
+    }
+
+    #[test]
+    fn undo_window_expires_and_is_renewed_by_each_next() {
+        let mut s = welcomed();
+        in_call(&mut s, "m1");
+        s.handle(Input::Next);
+        let first = s.status().undo.expect("offered");
+        matched(&mut s, "m2", Role::Offerer);
+        assert_eq!(
+            s.status().undo,
+            Some(first),
+            "still offered in the new call"
+        );
+        s.handle(Input::Next);
+        let second = s.status().undo.expect("offered again");
+        assert_ne!(first, second, "a new window for the new skip");
+        s.handle(Input::UndoExpired(first));
+        assert_eq!(s.status().undo, Some(second), "an old timer is ignored");
+        s.handle(Input::UndoExpired(second));
+        assert_eq!(s.status().undo, None);
+        drain(&mut s);
+        s.handle(Input::UndoNext);
+        assert!(drain(&mut s).is_empty(), "too late: nothing is sent");
+    }
+
+    #[test]
+    fn no_undo_after_report_stop_a_failed_call_or_a_next_without_a_stranger() {
+        let mut s = welcomed();
+        s.handle(Input::Start { interests: vec![] });
+        s.handle(Input::Next);
+        assert_eq!(s.status().undo, None, "searching: nobody was skipped");
+        in_call(&mut s, "m1");
+        s.handle(Input::Report("spam".into()));
+        assert_eq!(s.status().undo, None, "not after Report");
+        in_call(&mut s, "m2");
+        s.handle(Input::PeerFailed("m2".into()));
+        assert_eq!(s.status().undo, None, "not after a failed connection");
+        in_call(&mut s, "m3");
+        s.handle(Input::Next);
+        assert!(s.status().undo.is_some());
+        s.handle(Input::Stop);
+        assert_eq!(s.status().undo, None, "Stop ends the offer");
+        drain(&mut s);
+        s.handle(Input::UndoNext);
+        assert!(sends(&drain(&mut s)).is_empty());
+    }
+
+    #[test]
+    fn undo_unavailable_keeps_our_place() {
+        let mut s = welcomed();
+        in_call(&mut s, "m1");
+        s.handle(Input::Next);
+        matched(&mut s, "m2", Role::Answerer);
+        drain(&mut s);
+        s.handle(Input::UndoNext);
+        assert_eq!(sends(&drain(&mut s)), vec![ClientMessage::UndoNext]);
+        s.handle(Input::Server(ServerMessage::Error {
+            code: ErrorCode::UndoUnavailable,
+            message: "they have moved on".into(),
+        }));
+        let outs = drain(&mut s);
+        assert_eq!(
+            outs,
+            vec![Output::Notify(Notice::System(
+                "Couldn't bring them back — they've moved on.".into()
+            ))],
+            "a plain line, no error, no StopPeer"
+        );
+        assert_eq!(
+            s.current_match(),
+            Some(&"m2".into()),
+            "still in the new call"
+        );
+        // While searching, the search goes on.
+        s.handle(Input::Next);
+        s.handle(Input::UndoNext);
+        s.handle(Input::Server(ServerMessage::Error {
+            code: ErrorCode::UndoUnavailable,
+            message: "gone".into(),
+        }));
+        assert!(matches!(s.phase(), Phase::Searching { .. }));
+        // A later plain match is not taken for our undo.
+        matched(&mut s, "m3", Role::Offerer);
+        assert!(systems(&drain(&mut s))
+            .contains(&"You're now chatting with a random stranger. Say hi!".to_string()));
+    }
+
+    #[test]
+    fn block_names_the_current_or_last_stranger_once() {
+        let mut s = welcomed();
+        assert!(!s.status().can_block);
+        s.handle(Input::Block);
+        assert!(drain(&mut s).is_empty(), "nobody to block yet");
+        in_call(&mut s, "m1");
+        assert!(s.status().can_block);
+        s.handle(Input::Block);
+        let outs = drain(&mut s);
+        assert_eq!(
+            sends(&outs),
+            vec![ClientMessage::Block {
+                match_id: "m1".into()
+            }]
+        );
+        assert_eq!(
+            systems(&outs),
+            vec!["You won't be matched with this person again.".to_string()]
+        );
+        assert!(!s.status().can_block);
+        assert!(matches!(s.phase(), Phase::Live { .. }), "the call goes on");
+        s.handle(Input::Block);
+        assert!(drain(&mut s).is_empty(), "once");
+
+        // After a call: the last stranger, also while already searching again.
+        matched(&mut s, "m2", Role::Offerer);
+        s.handle(Input::Server(ServerMessage::PartnerLeft {
+            match_id: "m2".into(),
+            reason: PartnerLeftReason::Left,
+        }));
+        assert!(matches!(s.phase(), Phase::Searching { .. }));
+        assert!(s.status().can_block);
+        drain(&mut s);
+        s.handle(Input::Block);
+        assert_eq!(
+            sends(&drain(&mut s)),
+            vec![ClientMessage::Block {
+                match_id: "m2".into()
+            }]
+        );
+
+        // Blocking the skipped stranger withdraws the undo offer.
+        in_call(&mut s, "m3");
+        s.handle(Input::Next);
+        assert!(s.status().undo.is_some());
+        s.handle(Input::Block);
+        assert_eq!(s.status().undo, None);
+    }
+
+    #[test]
+    fn mute_hides_the_strangers_chat_for_the_rest_of_the_call() {
+        let mut s = welcomed();
+        in_call(&mut s, "m1");
+        s.handle(Input::MuteChat(true));
+        let outs = drain(&mut s);
+        assert!(s.status().chat_muted);
+        assert_eq!(systems(&outs).len(), 1, "a system line says so: {outs:?}");
+        assert!(sends(&outs).is_empty(), "muting is local");
+        s.handle(Input::Server(ServerMessage::Chat {
+            match_id: "m1".into(),
+            text: "buy my stuff".into(),
+        }));
+        s.handle(Input::Server(ServerMessage::Typing {
+            match_id: "m1".into(),
+            active: true,
+        }));
+        assert!(drain(&mut s).is_empty(), "hidden");
+        // Our own chat still goes out.
+        s.handle(Input::SendChat("bye".into()));
+        assert_eq!(sends(&drain(&mut s)).len(), 1);
+        // Reset on a new match.
+        s.handle(Input::Next);
+        matched(&mut s, "m2", Role::Offerer);
+        drain(&mut s);
+        assert!(!s.status().chat_muted);
+        s.handle(Input::Server(ServerMessage::Chat {
+            match_id: "m2".into(),
+            text: "hello".into(),
+        }));
+        assert!(drain(&mut s).contains(&Output::Notify(Notice::Chat {
+            from_me: false,
+            text: "hello".into()
+        })));
+        // Unmute within a call shows new lines again; muting outside a call does nothing.
+        s.handle(Input::MuteChat(true));
+        s.handle(Input::MuteChat(false));
+        assert!(!s.status().chat_muted);
+        s.handle(Input::Stop);
+        s.handle(Input::MuteChat(true));
+        assert!(!s.status().chat_muted);
     }
 }

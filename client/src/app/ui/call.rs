@@ -36,8 +36,45 @@ fn centered_message(ui: &mut egui::Ui, rect: egui::Rect, text: &str) {
     );
 }
 
+/// "Don't match me with this person again" (the current or last stranger).
+pub const BLOCK_LABEL: &str = "Don't match me with this person again";
+
+/// "3 online · 1 waiting" (what is known of it).
+pub fn counts_text(online: Option<u64>, waiting: Option<u64>) -> Option<String> {
+    match (online, waiting) {
+        (Some(o), Some(w)) => Some(format!("{o} online · {w} waiting")),
+        (Some(o), None) => Some(format!("{o} online")),
+        (None, Some(w)) => Some(format!("{w} waiting")),
+        (None, None) => None,
+    }
+}
+
+/// A weaker line under a centered message.
+fn centered_note(ui: &mut egui::Ui, rect: egui::Rect, dy: f32, text: &str) {
+    let area = egui::Rect::from_center_size(
+        rect.center() + egui::vec2(0.0, dy),
+        egui::vec2(rect.width(), 24.0),
+    );
+    ui.put(
+        area,
+        egui::Label::new(
+            egui::RichText::new(text)
+                .size(15.0)
+                .color(egui::Color32::from_gray(170)),
+        ),
+    );
+}
+
+/// A button centered below the middle of `rect`.
+fn centered_button(ui: &mut egui::Ui, rect: egui::Rect, dy: f32, button: egui::Button) -> bool {
+    let size = egui::vec2(ui.available_width().min(320.0), 36.0);
+    let area = egui::Rect::from_center_size(rect.center() + egui::vec2(0.0, dy), size);
+    ui.put(area, button).clicked()
+}
+
 pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context, now: Instant) {
-    app.video.update(ctx, app.engine.as_ref(), true);
+    let hidden = app.video_hidden();
+    app.video.update(ctx, app.engine.as_ref(), true, hidden);
     let st = app.engine_state().clone();
     let in_call = matches!(st.phase, Phase::Connecting { .. } | Phase::Live { .. });
 
@@ -60,6 +97,22 @@ pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context, now: Instant) {
                     if primary_button(ui, label).clicked() {
                         app.press_next(now);
                     }
+                }
+            }
+            if let Some(secs) = app.undo_seconds_left(now) {
+                let undo = egui::Button::new(
+                    egui::RichText::new(format!("Undo (Alt+U) · {secs} s"))
+                        .size(16.0)
+                        .color(egui::Color32::BLACK),
+                )
+                .fill(egui::Color32::from_rgb(0xf0, 0xc0, 0x4e))
+                .min_size(egui::vec2(150.0, 40.0));
+                if ui
+                    .add(undo)
+                    .on_hover_text("Bring back the stranger you just skipped")
+                    .clicked()
+                {
+                    app.undo();
                 }
             }
             if ui
@@ -97,6 +150,7 @@ pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context, now: Instant) {
                 .clicked()
             {
                 app.ui.report_open = true;
+                app.ui.report_block = false;
             }
             ui.separator();
             if in_call {
@@ -121,30 +175,40 @@ pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context, now: Instant) {
         .show(ctx, |ui| {
             let rect = ui.max_rect();
             match &st.phase {
-                Phase::Live { .. } | Phase::Connecting { .. } => match &app.video.remote {
-                    Some(tex) => {
-                        let size = tex.size_vec2();
-                        let scale = (rect.width() / size.x).min(rect.height() / size.y);
-                        let video_rect = egui::Rect::from_center_size(rect.center(), size * scale);
-                        egui::Image::new(tex).paint_at(ui, video_rect);
+                Phase::Live { .. } | Phase::Connecting { .. } => {
+                    match &app.video.remote {
+                        Some(tex) => {
+                            let size = tex.size_vec2();
+                            let scale = (rect.width() / size.x).min(rect.height() / size.y);
+                            let video_rect =
+                                egui::Rect::from_center_size(rect.center(), size * scale);
+                            egui::Image::new(tex).paint_at(ui, video_rect);
+                        }
+                        None => centered_message(ui, rect, "Connecting to the stranger…"),
                     }
-                    None => centered_message(ui, rect, "Connecting to the stranger…"),
-                },
-                Phase::Searching { waiting } => {
-                    let online = st
-                        .online
-                        .map(|n| format!(" — {n} online"))
-                        .unwrap_or_default();
-                    let waiting = if *waiting > 1 {
-                        format!(", {waiting} waiting")
-                    } else {
-                        String::new()
-                    };
-                    centered_message(
-                        ui,
-                        rect,
-                        &format!("Looking for a stranger…{online}{waiting}"),
-                    );
+                    if hidden {
+                        let (dy, note) = if app.video.remote.is_some() {
+                            (-30.0, "Video hidden until you show it")
+                        } else {
+                            (30.0, "The video will stay blurred until you show it")
+                        };
+                        centered_note(ui, rect, dy, note);
+                        let show = egui::Button::new(
+                            egui::RichText::new("Show video")
+                                .size(18.0)
+                                .color(egui::Color32::WHITE),
+                        )
+                        .fill(ACCENT);
+                        if centered_button(ui, rect, dy + 40.0, show) {
+                            app.reveal();
+                        }
+                    }
+                }
+                Phase::Searching { .. } => {
+                    centered_message(ui, rect, "Looking for a stranger…");
+                    if let Some(counts) = counts_text(st.online, st.waiting) {
+                        centered_note(ui, rect, 28.0, &counts);
+                    }
                     ui.put(
                         egui::Rect::from_center_size(
                             rect.center() + egui::vec2(0.0, 50.0),
@@ -159,6 +223,11 @@ pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context, now: Instant) {
                     if ui.put(cancel, egui::Button::new("Cancel")).clicked() {
                         app.stop();
                     }
+                    if st.can_block
+                        && centered_button(ui, rect, 160.0, egui::Button::new(BLOCK_LABEL))
+                    {
+                        app.block();
+                    }
                 }
                 Phase::Ended { reason } => {
                     let text = match reason {
@@ -168,6 +237,11 @@ pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context, now: Instant) {
                         EndReason::ServerLost => "Lost the connection to the server.",
                     };
                     centered_message(ui, rect, text);
+                    if st.can_block
+                        && centered_button(ui, rect, 50.0, egui::Button::new(BLOCK_LABEL))
+                    {
+                        app.block();
+                    }
                 }
                 Phase::Reconnecting | Phase::Offline => {
                     centered_message(ui, rect, "Server unreachable — reconnecting…");
@@ -230,7 +304,20 @@ fn stats_overlay(ui: &mut egui::Ui, rect: egui::Rect, s: &CallStats) {
 }
 
 fn chat_panel(app: &mut PeerStreamApp, ui: &mut egui::Ui, in_call: bool, now: Instant) {
-    ui.heading("Chat");
+    ui.horizontal(|ui| {
+        ui.heading("Chat");
+        ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+            let muted = app.engine_state().chat_muted;
+            let label = if muted { "Unmute chat" } else { "Mute chat" };
+            if ui
+                .add_enabled(in_call, egui::Button::new(label).selected(muted))
+                .on_hover_text("Hide the stranger's messages for the rest of this call")
+                .clicked()
+            {
+                app.set_chat_muted(!muted);
+            }
+        });
+    });
     ui.separator();
     let typing = app.engine_state().stranger_typing && in_call;
     let input_height = 64.0;
@@ -291,6 +378,10 @@ fn report_dialog(app: &mut PeerStreamApp, ctx: &egui::Context) {
                 ui.radio_value(&mut app.ui.report_reason, i, *reason);
             }
             ui.add_space(6.0);
+            if app.engine_state().can_block {
+                ui.checkbox(&mut app.ui.report_block, BLOCK_LABEL);
+                ui.add_space(6.0);
+            }
             if primary_button(ui, "Send report").clicked() {
                 submit = true;
             }
@@ -301,6 +392,9 @@ fn report_dialog(app: &mut PeerStreamApp, ctx: &egui::Context) {
             .copied()
             .unwrap_or("Something else")
             .to_owned();
+        if app.ui.report_block {
+            app.block();
+        }
         app.send(Command::Report(reason));
         app.ui.report_open = false;
         app.ui.next_armed_until = None;

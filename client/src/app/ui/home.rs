@@ -32,7 +32,8 @@ fn device_picker(
 }
 
 pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context) {
-    app.video.update(ctx, app.engine.as_ref(), true);
+    let hidden = app.video_hidden();
+    app.video.update(ctx, app.engine.as_ref(), true, hidden);
     egui::CentralPanel::default().show(ctx, |ui| {
         ui.columns(2, |cols| {
             let ui = &mut cols[0];
@@ -93,6 +94,9 @@ pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context) {
 
             let ui = &mut cols[1];
             ui.heading("Meet a random stranger");
+            if let Some(counts) = super::call::counts_text(st.online, st.waiting) {
+                ui.label(egui::RichText::new(counts).weak());
+            }
             ui.add_space(8.0);
             egui::Grid::new("home-settings")
                 .num_columns(2)
@@ -151,6 +155,12 @@ pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context) {
                     ui.checkbox(
                         &mut app.settings.auto_requeue,
                         "Find a new stranger when one leaves",
+                    );
+                    ui.end_row();
+                    ui.label("");
+                    ui.checkbox(
+                        &mut app.settings.always_show_video,
+                        "Always show video (don't blur strangers at first)",
                     );
                     ui.end_row();
                 });
