@@ -314,7 +314,7 @@ fn config_redacts_secrets_and_url_passwords() {
 fn config_output_pastes_back_as_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = server_cmd();
-    cmd.env("PEER_STREAM_BAN_THRESHOLD", "5").args([
+    cmd.env("PEER_STREAM_BAN_THRESHOLD", "005").args([
         "--listen",
         "127.0.0.1:4999",
         "--stun",

@@ -106,7 +106,11 @@ pub fn render(parsed: &Parsed, cmd: &Command) -> String {
                 format!("{long} = [{}]", items.join(", "))
             }
             Kind::Integer => match raw.first() {
-                Some(n) => format!("{long} = {n}"),
+                // Normalized: clap accepts `007` or `+5`, TOML wants `7` and `5`.
+                Some(n) => match n.parse::<i128>() {
+                    Ok(v) => format!("{long} = {v}"),
+                    Err(_) => format!("{long} = {}", quoted(n)),
+                },
                 None => format!("# {long} = (not set)"),
             },
             Kind::Text => match raw.first() {
