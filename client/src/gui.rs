@@ -24,6 +24,8 @@ pub struct GuiOptions {
     pub duration: Option<Duration>,
     pub screenshot: Option<PathBuf>,
     pub screenshot_undo: Option<PathBuf>,
+    /// Open the "Check my setup" screen at start (`--check-screen`).
+    pub check_screen: bool,
 }
 
 const APP_ID: &str = "peer-stream";
@@ -158,6 +160,9 @@ pub fn run(opts: GuiOptions, base: EngineConfig) -> anyhow::Result<()> {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone();
+            if opts.check_screen {
+                app.open_setup_check();
+            }
             if opts.start {
                 app.start_now();
             }

@@ -78,6 +78,9 @@ struct Args {
     /// counts down, then press Undo (docs and tests).
     #[arg(long, value_name = "PATH", requires = "screenshot")]
     screenshot_undo: Option<std::path::PathBuf>,
+    /// Desktop: open the "Check my setup" screen at start (the check runs at once).
+    #[arg(long)]
+    check_screen: bool,
     /// Log filter (tracing EnvFilter syntax); logs go to stderr.
     #[arg(long, env = "PEER_STREAM_LOG", default_value = "info")]
     log: String,
@@ -95,6 +98,7 @@ impl Args {
             duration: self.duration.map(Duration::from_secs_f64),
             screenshot: self.screenshot.clone(),
             screenshot_undo: self.screenshot_undo.clone(),
+            check_screen: self.check_screen,
         }
     }
 }

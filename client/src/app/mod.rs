@@ -49,6 +49,8 @@ pub enum Screen {
     Session,
     /// The server refused us (banned, version too old).
     Refused,
+    /// "Check my setup" (opened from the home screen).
+    Check,
 }
 
 /// UI-only state: what is typed, which dialog is open.
@@ -65,6 +67,8 @@ struct UiState {
     typing_sent: bool,
     last_keystroke: Option<Instant>,
     retry_at: Option<Instant>,
+    /// The "Check my setup" screen is open (over the home screen).
+    check_open: bool,
     /// The user clicked "Show video" in this call.
     revealed: bool,
     /// A call just began blurred: say so in the chat after the engine's opening lines.
@@ -131,6 +135,8 @@ impl PeerStreamApp {
     pub fn screen(&self) -> Screen {
         if matches!(self.state.phase, Phase::Refused { .. }) {
             Screen::Refused
+        } else if self.ui.at_home && self.ui.check_open {
+            Screen::Check
         } else if self.ui.at_home {
             Screen::Home
         } else {
@@ -348,6 +354,7 @@ impl PeerStreamApp {
             Screen::Home => ui::home::show(self, ctx),
             Screen::Session => ui::call::show(self, ctx, now),
             Screen::Refused => ui::refused::show(self, ctx),
+            Screen::Check => ui::check::show(self, ctx),
         }
         if self.ui.about_open {
             ui::about::show(self, ctx);

@@ -182,6 +182,10 @@ pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context) {
                 app.start();
             }
             ui.add_space(8.0);
+            if ui.button("Check my setup").clicked() {
+                super::check::open(app);
+            }
+            ui.add_space(8.0);
             ui.label(
                 egui::RichText::new(
                     "Video and audio go directly between you and the stranger. The server only \

@@ -2,6 +2,7 @@
 
 pub mod about;
 pub mod call;
+pub mod check;
 pub mod home;
 pub mod notice;
 pub mod refused;
