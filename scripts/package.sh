@@ -29,7 +29,7 @@ while [ $# -gt 0 ]; do
     --profile) profile="${2:?--profile needs release or dev}"; shift 2 ;;
     --out) out="${2:?--out needs a directory}"; shift 2 ;;
     --no-build) build=0; shift ;;
-    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "package: unknown argument $1" >&2; exit 2 ;;
   esac
 done
