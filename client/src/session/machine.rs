@@ -313,7 +313,10 @@ impl Session {
                 if !self.welcomed {
                     return;
                 }
-                let was_active = self.in_call() || matches!(self.phase, Phase::Searching { .. });
+                // After partner_left too: the server then knows we stopped, so an undo of
+                // the stranger who skipped us cannot pull us back into a call.
+                let was_active = self.in_call()
+                    || matches!(self.phase, Phase::Searching { .. } | Phase::Ended { .. });
                 if self.in_call() {
                     self.end_call(EndReason::WeLeft);
                     self.system("You have disconnected.");
@@ -569,6 +572,13 @@ impl Session {
                     }
                     ErrorCode::NotInMatch => {
                         // A race with the partner leaving; partner_left follows.
+                    }
+                    ErrorCode::Invalid if self.in_call() => {
+                        // Our auto-requeue `join` crossed a `matched`: after someone's undo
+                        // the server re-queues us itself and may pair us before the join
+                        // arrives. Nothing the person needs to see.
+                        tracing::debug!(%message, "join refused during a match");
+                        return;
                     }
                     ErrorCode::UndoUnavailable => {
                         // We keep our place (queue or new call); say it plainly.
@@ -938,6 +948,47 @@ mod tests {
         matched(&mut s, "m3", Role::Offerer);
         drain(&mut s);
         assert!(!s.status().resumed);
+    }
+
+    #[test]
+    fn stop_after_the_stranger_left_tells_the_server() {
+        let mut s = Session::new("test/1", false);
+        s.handle(Input::ServerConnected);
+        s.handle(Input::Server(ServerMessage::Welcome {
+            version: 1,
+            session_id: "me".into(),
+            online: 2,
+        }));
+        in_call(&mut s, "m1");
+        s.handle(Input::Server(ServerMessage::PartnerLeft {
+            match_id: "m1".into(),
+            reason: PartnerLeftReason::Skipped,
+        }));
+        assert!(sends(&drain(&mut s)).is_empty(), "no auto-requeue here");
+        s.handle(Input::Stop);
+        assert_eq!(
+            sends(&drain(&mut s)),
+            vec![ClientMessage::Leave],
+            "so an undo by the one who skipped us cannot pull us back"
+        );
+    }
+
+    #[test]
+    fn a_join_refused_during_a_match_is_not_shown() {
+        let mut s = welcomed();
+        in_call(&mut s, "m1");
+        s.handle(Input::Server(ServerMessage::error(
+            ErrorCode::Invalid,
+            "join: already in a match",
+        )));
+        let outs = drain(&mut s);
+        assert!(
+            !outs
+                .iter()
+                .any(|o| matches!(o, Output::Notify(Notice::Error { .. }))),
+            "{outs:?}"
+        );
+        assert!(s.current_match() == Some(&"m1".into()));
     }
 
     #[test]
