@@ -11,6 +11,7 @@
 
 mod common;
 
+use common::coturn::Coturn;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
 use peer_stream::app::handle::FakeEngine;
@@ -19,7 +20,7 @@ use peer_stream::app::{PeerStreamApp, Screen};
 use peer_stream::check::job::{CheckStatus, ToneState};
 use peer_stream::check::{CanCall, Candidates, CheckReport};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -206,121 +207,35 @@ async fn without_any_server_the_built_in_one_is_checked() {
 // ---------------------------------------------------------------------------------
 // coturn
 
-fn turnserver_binary() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.extend(["/usr/bin", "/usr/sbin", "/usr/local/bin"].map(PathBuf::from));
-    if let Some(found) = dirs
-        .iter()
-        .map(|d| d.join("turnserver"))
-        .find(|p| p.is_file())
-    {
-        return Some(found);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("turnserver is not installed; scripts/deps.sh --test installs it (Debian `coturn`)");
-    }
-    eprintln!(
-        "SKIPPED: coturn's turnserver is not installed (apt-get install coturn, or \
-         scripts/deps.sh --test)"
-    );
-    None
-}
-
-/// A port free for both UDP and TCP on 127.0.0.1 (coturn listens on both).
-fn free_port() -> u16 {
-    for _ in 0..100 {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both UDP and TCP");
-}
-
-/// coturn on 127.0.0.1 (STUN and TURN on one port); stopped by PID when dropped.
-struct Coturn {
-    child: std::process::Child,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Drop for Coturn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 const TURN_SECRET: &str = "setup-check-secret-81c3";
 
-impl Coturn {
-    fn start() -> Option<Coturn> {
-        let bin = turnserver_binary()?;
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let log = std::fs::File::create(dir.path().join("stdout.log")).unwrap();
-        let child = std::process::Command::new(&bin)
-            .args([
-                "-n",
-                "--listening-ip",
-                "127.0.0.1",
-                "--relay-ip",
-                "127.0.0.1",
-            ])
-            .args(["--listening-port", &port.to_string()])
-            .args(["--use-auth-secret", "--static-auth-secret", TURN_SECRET])
-            .args(["--realm", "check.test", "--no-tls", "--no-dtls", "--no-cli"])
-            .args(["--allow-loopback-peers", "--verbose"])
-            .arg("--pidfile")
-            .arg(dir.path().join("turnserver.pid"))
-            .arg("--userdb")
-            .arg(dir.path().join("turndb"))
-            .arg("--log-file")
-            .arg(dir.path().join("turn.log"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
-        let mut coturn = Coturn { child, dir, port };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(status)) = coturn.child.try_wait() {
-                panic!("coturn exited at start ({status}):\n{}", coturn.log());
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "coturn did not listen within 15 s:\n{}",
-                coturn.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(coturn)
-    }
-
-    /// Everything coturn wrote (its log file name gets a date appended by coturn).
-    fn log(&self) -> String {
-        let mut out = String::new();
-        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().ends_with(".log") {
-                    out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
-                }
-            }
-        }
-        out
-    }
+/// coturn for the setup check: STUN and TURN on one port with [`TURN_SECRET`], its own
+/// log in `turn.log`.
+fn start_coturn() -> Option<Coturn> {
+    Coturn::start(|cmd, port, dir| {
+        cmd.args([
+            "-n",
+            "--listening-ip",
+            "127.0.0.1",
+            "--relay-ip",
+            "127.0.0.1",
+        ])
+        .args(["--listening-port", &port.to_string()])
+        .args(["--use-auth-secret", "--static-auth-secret", TURN_SECRET])
+        .args(["--realm", "check.test", "--no-tls", "--no-dtls", "--no-cli"])
+        .args(["--allow-loopback-peers", "--verbose"])
+        .arg("--pidfile")
+        .arg(dir.join("turnserver.pid"))
+        .arg("--userdb")
+        .arg(dir.join("turndb"))
+        .arg("--log-file")
+        .arg(dir.join("turn.log"));
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coturn_stun_and_turn_with_right_and_wrong_secret() {
-    let Some(coturn) = Coturn::start() else {
+    let Some(coturn) = start_coturn() else {
         return;
     };
     let data = tempfile::tempdir().unwrap();

@@ -9,9 +9,10 @@
 
 mod common;
 
+use common::{summary, u};
 use serde_json::Value;
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One call at a time: the peers are CPU-heavy.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -26,32 +27,6 @@ fn peer(port: u16, extra: &[&str]) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     cmd.spawn().expect("start a headless peer")
-}
-
-/// Waits for a peer to exit by itself and returns its JSON summary.
-fn summary(child: Child, limit: Duration) -> Value {
-    let start = Instant::now();
-    let mut child = child;
-    loop {
-        match child.try_wait().expect("wait") {
-            Some(_) => break,
-            None if start.elapsed() > limit => {
-                let _ = child.kill();
-                panic!("a headless peer did not exit within {limit:?}");
-            }
-            None => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
-    let out = child.wait_with_output().expect("output");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().last().unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad summary {line:?}: {e}"))
-}
-
-fn u(v: &Value, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} missing in {v}"))
 }
 
 fn lines(v: &Value) -> Vec<String> {

@@ -15,10 +15,12 @@
 
 mod common;
 
+use common::coturn::Coturn;
+use common::{summary, u};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
 
 const SHIPPED_CONF: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -28,40 +30,6 @@ const SECRET: &str = "relay-test-secret-4f2a";
 
 /// One call at a time: the peers are CPU-heavy.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn turnserver_binary() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.extend(["/usr/bin", "/usr/sbin", "/usr/local/bin"].map(PathBuf::from));
-    if let Some(found) = dirs
-        .iter()
-        .map(|d| d.join("turnserver"))
-        .find(|p| p.is_file())
-    {
-        return Some(found);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("turnserver is not installed; scripts/deps.sh --test installs it (Debian `coturn`)");
-    }
-    eprintln!(
-        "SKIPPED: coturn's turnserver is not installed (apt-get install coturn, or \
-         scripts/deps.sh --test)"
-    );
-    None
-}
-
-/// A port free for both UDP and TCP on 127.0.0.1 (coturn listens on both).
-fn free_port() -> u16 {
-    for _ in 0..100 {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-        let port = udp.local_addr().expect("addr").port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both UDP and TCP");
-}
 
 /// Replaces `from`, which must occur exactly once in the shipped file.
 fn swap(conf: &mut String, from: &str, to: &str) {
@@ -102,58 +70,13 @@ fn test_conf(port: u16, dir: &Path) -> String {
     conf
 }
 
-/// coturn on 127.0.0.1; killed by PID when dropped (also on panic).
-struct Coturn {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Drop for Coturn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Coturn {
-    fn start() -> Option<Coturn> {
-        let bin = turnserver_binary()?;
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let conf = dir.path().join("turnserver.conf");
-        std::fs::write(&conf, test_conf(port, dir.path())).unwrap();
-        let log = std::fs::File::create(dir.path().join("coturn.log")).unwrap();
-        let child = Command::new(&bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
-        let mut coturn = Coturn { child, dir, port };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(status)) = coturn.child.try_wait() {
-                panic!("coturn exited at start ({status}):\n{}", coturn.log());
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "coturn did not listen within 15 s:\n{}",
-                coturn.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(coturn)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("coturn.log")).unwrap_or_default()
-    }
+/// coturn running the shipped configuration made test-safe by [`test_conf`].
+fn start_coturn() -> Option<Coturn> {
+    Coturn::start(|cmd, port, dir| {
+        let conf = dir.join("turnserver.conf");
+        std::fs::write(&conf, test_conf(port, dir)).unwrap();
+        cmd.arg("-c").arg(&conf);
+    })
 }
 
 /// A relay-only headless peer; its stderr goes to `stderr_path`.
@@ -166,33 +89,10 @@ fn relay_peer(port: u16, stderr_path: &Path, extra: &[&str]) -> Child {
     cmd.spawn().expect("start a headless peer")
 }
 
-/// Waits for a peer to exit by itself and returns its JSON summary.
-fn summary(mut child: Child, limit: Duration) -> Value {
-    let start = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("a headless peer did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().expect("output");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().last().unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad summary {line:?}: {e}"))
-}
-
-fn u(v: &Value, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} missing in {v}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_only_call_through_coturn() {
     let _serial = SERIAL.lock().await;
-    let Some(coturn) = Coturn::start() else {
+    let Some(coturn) = start_coturn() else {
         return;
     };
     let turn_url = format!("turn:127.0.0.1:{}?transport=udp", coturn.port);

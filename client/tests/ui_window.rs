@@ -10,20 +10,9 @@
 
 mod common;
 
+use common::wait_output;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-fn wait_output(mut child: std::process::Child, limit: Duration) -> std::process::Output {
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("process did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child.wait_with_output().unwrap()
-}
+use std::time::Duration;
 
 /// Mean absolute difference of horizontally adjacent pixels (all channels) in a box:
 /// high for the sharp test pattern, near zero once blurred.
@@ -77,24 +66,11 @@ async fn blurred_until_shown_and_undo_after_next_in_the_real_window() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let bin = env!("CARGO_BIN_EXE_peer-stream");
-    let window = Command::new("xvfb-run")
-        .args(["-a", "-s", "-screen 0 1280x800x24", bin])
-        .args([
-            "--start",
-            "--fake-media",
-            "--server",
-            &url,
-            "--udp-addr",
-            "127.0.0.1:0",
-        ])
+    let window = common::desktop_in_xvfb(&url, dir.path())
         .args(["--duration", "25", "--screenshot"])
         .arg(&blurred)
         .arg("--screenshot-undo")
         .arg(&undo)
-        .env("LIBGL_ALWAYS_SOFTWARE", "1")
-        .env("XDG_DATA_HOME", dir.path())
-        .env("HOME", dir.path())
         .env("PEER_STREAM_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

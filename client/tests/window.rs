@@ -6,22 +6,13 @@
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+mod common;
+
+use common::wait_output;
 use peer_stream_server::{run, Config};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-fn wait_output(mut child: std::process::Child, limit: Duration) -> std::process::Output {
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("process did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child.wait_with_output().unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn desktop_window_goes_live_with_a_headless_peer() {
@@ -68,21 +59,9 @@ async fn desktop_window_goes_live_with_a_headless_peer() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let window = Command::new("xvfb-run")
-        .args(["-a", "-s", "-screen 0 1280x800x24", bin])
-        .args([
-            "--start",
-            "--fake-media",
-            "--server",
-            &url,
-            "--udp-addr",
-            "127.0.0.1:0",
-        ])
+    let window = common::desktop_in_xvfb(&url, dir.path())
         .args(["--duration", "15", "--screenshot"])
         .arg(&shot)
-        .env("LIBGL_ALWAYS_SOFTWARE", "1")
-        .env("XDG_DATA_HOME", dir.path())
-        .env("HOME", dir.path())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

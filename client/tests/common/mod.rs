@@ -1,10 +1,19 @@
 //! What the client's end-to-end tests share: the real signaling server, in-process on
-//! 127.0.0.1, so a test controls its lifetime (stop, restart on the same port).
+//! 127.0.0.1, so a test controls its lifetime (stop, restart on the same port); the
+//! headless peer and the desktop window under Xvfb, and waiting for them; coturn
+//! (`coturn.rs`) and Chromium over the DevTools Protocol (`cdp.rs`).
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+#[cfg(target_os = "linux")]
+pub mod cdp;
+pub mod coturn;
+
 use peer_stream_server::{run, Config};
-use std::time::Duration;
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 pub struct Server {
@@ -81,4 +90,68 @@ pub fn headless_peer(port: u16, log: &str) -> std::process::Command {
         .args(["--server", &format!("ws://127.0.0.1:{port}/ws")])
         .args(["--log", log]);
     cmd
+}
+
+/// The desktop app in a virtual X display (`xvfb-run`, 1280x800, software GL) with
+/// `--start --fake-media` against the signaling server at `url`, keeping its data and
+/// home in `home`; callers add their own flags and pipes.
+pub fn desktop_in_xvfb(url: &str, home: &Path) -> Command {
+    let mut cmd = Command::new("xvfb-run");
+    cmd.args([
+        "-a",
+        "-s",
+        "-screen 0 1280x800x24",
+        env!("CARGO_BIN_EXE_peer-stream"),
+    ])
+    .args([
+        "--start",
+        "--fake-media",
+        "--server",
+        url,
+        "--udp-addr",
+        "127.0.0.1:0",
+    ])
+    .env("LIBGL_ALWAYS_SOFTWARE", "1")
+    .env("XDG_DATA_HOME", home)
+    .env("HOME", home);
+    cmd
+}
+
+/// Waits (blocking) for a process to exit by itself and returns its output; kills it
+/// and fails after `limit`.
+pub fn wait_output(mut child: Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Waits (blocking) for a headless peer to exit by itself and returns its JSON summary
+/// (its last stdout line); kills it and fails after `limit`.
+pub fn summary(mut child: Child, limit: Duration) -> Value {
+    let start = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("a headless peer did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().expect("output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad summary {line:?}: {e}"))
+}
+
+/// A count in a summary; fails when it is missing.
+pub fn u(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
 }
