@@ -98,6 +98,9 @@ if [ -f deploy/peer-stream-server.toml ]; then
   grep -qx /etc/peer-stream/server.toml <<<"$server_files" || fail "no /etc/peer-stream/server.toml"
   dpkg-deb -I "$dist/$server_deb" conffiles | grep -qx /etc/peer-stream/server.toml \
     || fail "/etc/peer-stream/server.toml is not a conffile"
+  dpkg-deb --fsys-tarfile "$dist/$server_deb" | tar -xO ./etc/peer-stream/server.toml \
+    | grep -x 'db = "/var/lib/peer-stream/peer-stream.sqlite3"' >/dev/null \
+    || fail "the packaged server.toml does not name /var/lib/peer-stream/peer-stream.sqlite3"
 fi
 
 # Install both into a scratch root and run them from there.

@@ -73,7 +73,13 @@ rm -rf "$stage"
 mkdir -p "$stage/server-etc" "$stage/out"
 example="$root/deploy/peer-stream-server.toml"
 if [ -f "$example" ]; then
-  install -m 0644 "$example" "$stage/server-etc/server.toml"
+  # The packaged config names the service's database, so the moderation commands
+  # (`peer-stream-server --config /etc/peer-stream/server.toml bans list`) find it.
+  sed 's#^db = .*#db = "/var/lib/peer-stream/peer-stream.sqlite3"#' "$example" \
+    > "$stage/server-etc/server.toml"
+  chmod 0644 "$stage/server-etc/server.toml"
+  grep -qx 'db = "/var/lib/peer-stream/peer-stream.sqlite3"' "$stage/server-etc/server.toml" \
+    || { echo "package: $example has no db line to point at /var/lib/peer-stream" >&2; exit 1; }
 fi
 
 echo "package: cargo packager (deb) for peer-stream $version from $bins"
@@ -126,9 +132,11 @@ Peer Stream server $version for Linux ($arch): one binary, no runtime dependenci
   ./peer-stream-server --help
   ./peer-stream-server --listen 0.0.0.0:3000 --db ./peer-stream.sqlite3
 
-As a service: copy peer-stream-server to /usr/bin and peer-stream-server.service to
-/etc/systemd/system/ (it runs as a dedicated user with its state in /var/lib/peer-stream),
-then: sudo systemctl daemon-reload && sudo systemctl enable --now peer-stream-server
+As a service: copy peer-stream-server to /usr/bin, peer-stream-server.service to
+/etc/systemd/system/ (it runs as a dedicated user with its state in /var/lib/peer-stream)
+and peer-stream-server.toml to /etc/peer-stream/server.toml (the unit reads it; set
+db = "/var/lib/peer-stream/peer-stream.sqlite3" there so the moderation commands find the
+database), then: sudo systemctl daemon-reload && sudo systemctl enable --now peer-stream-server
 EOF
 tar -C "$stage" --owner=0 --group=0 -czf "$out/$server_tar.tar.gz" "$server_tar"
 

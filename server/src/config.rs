@@ -17,15 +17,20 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// STUN URL handed to clients in `matched` (repeatable or comma-separated), e.g. stun:stun.example.org:3478.
-    #[arg(long = "stun", env = "PEER_STREAM_STUN", value_delimiter = ',')]
+    #[arg(long = "stun", env = "PEER_STREAM_STUN", value_delimiter = ',', value_parser = stun_url)]
     pub stun_urls: Vec<String>,
 
     /// TURN URL handed to clients (repeatable or comma-separated), e.g. turn:turn.example.org:3478?transport=udp.
-    #[arg(long = "turn", env = "PEER_STREAM_TURN", value_delimiter = ',')]
+    #[arg(long = "turn", env = "PEER_STREAM_TURN", value_delimiter = ',', value_parser = turn_url)]
     pub turn_urls: Vec<String>,
 
     /// Shared secret of the TURN server (coturn `static-auth-secret` with `use-auth-secret`).
-    #[arg(long, env = "PEER_STREAM_TURN_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "PEER_STREAM_TURN_SECRET",
+        hide_env_values = true,
+        value_parser = turn_secret
+    )]
     pub turn_secret: Option<String>,
 
     /// Lifetime of TURN credentials, in seconds.
@@ -41,7 +46,7 @@ pub struct Config {
     pub rematch_cooldown_secs: u64,
 
     /// Largest WebSocket message accepted, in bytes; a larger one closes the connection (1009).
-    #[arg(long, env = "PEER_STREAM_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, env = "PEER_STREAM_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024, value_parser = message_bytes)]
     pub max_message_bytes: usize,
 
     /// Messages per second a connection may send on average (0 turns rate limiting off).
@@ -89,7 +94,8 @@ pub struct Config {
     #[arg(
         long = "allow-origin",
         env = "PEER_STREAM_ALLOW_ORIGINS",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = origin
     )]
     pub allowed_origins: Vec<String>,
 
@@ -131,7 +137,7 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
 
     /// Log filter (tracing EnvFilter syntax), e.g. info or peer_stream_server=debug.
-    #[arg(long, env = "PEER_STREAM_LOG", default_value = "info")]
+    #[arg(long, env = "PEER_STREAM_LOG", default_value = "info", value_parser = log_filter)]
     pub log: String,
 }
 
@@ -162,4 +168,86 @@ impl Config {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
     }
+}
+
+// Value checks shared by flags, `PEER_STREAM_*` variables and the config file (which runs
+// every value through the flag's own parser), so a typo stops start-up with a plain
+// message instead of a server that runs but hands out unusable ICE servers.
+
+/// `--stun`: a `stun:` or `stuns:` URI (RFC 7064) naming a host.
+fn stun_url(s: &str) -> Result<String, String> {
+    ice_url(s, &["stun:", "stuns:"])
+}
+
+/// `--turn`: a `turn:` or `turns:` URI (RFC 7065) naming a host.
+fn turn_url(s: &str) -> Result<String, String> {
+    ice_url(s, &["turn:", "turns:"])
+}
+
+fn ice_url(s: &str, schemes: &[&str]) -> Result<String, String> {
+    let s = s.trim();
+    let lower = s.to_ascii_lowercase();
+    let Some(scheme) = schemes.iter().find(|p| lower.starts_with(**p)) else {
+        return Err(format!(
+            "expected a URL starting with {}",
+            schemes.join(" or ")
+        ));
+    };
+    let host = s[scheme.len()..].split('?').next().unwrap_or_default();
+    if host.is_empty() || host.starts_with('/') || host.chars().any(char::is_whitespace) {
+        return Err(format!("expected {scheme}HOST[:PORT] (no spaces, no path)"));
+    }
+    Ok(s.to_owned())
+}
+
+/// `--allow-origin`: what browsers send in `Origin`: `scheme://host[:port]`, no path.
+fn origin(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let ok = match s.split_once("://") {
+        Some((scheme, host)) => {
+            !scheme.is_empty()
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                && !host.is_empty()
+                && !host.contains('/')
+                && !host.chars().any(char::is_whitespace)
+        }
+        None => false,
+    };
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(
+            "expected an origin like https://chat.example.org (scheme://host[:port], no path)"
+                .into(),
+        )
+    }
+}
+
+/// `--max-message-bytes`: below 1 KiB even a `hello` would be refused.
+fn message_bytes(s: &str) -> Result<usize, String> {
+    let n: usize = s.trim().parse().map_err(|e| format!("{e}"))?;
+    if n < 1024 {
+        return Err(format!("{n} is too small: at least 1024 bytes"));
+    }
+    Ok(n)
+}
+
+/// `--log`: an EnvFilter directive, checked now rather than when tracing starts.
+fn log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("not a log filter: {e}"))
+}
+
+/// `--turn-secret`: refuses the `***` that `peer-stream-server config` prints in place of
+/// the secret, so a pasted-back configuration cannot silently hand out bad credentials.
+fn turn_secret(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.chars().all(|c| c == '*') {
+        return Err(
+            "this is the redacted placeholder (or empty): put the real TURN secret here".into(),
+        );
+    }
+    Ok(s.to_owned())
 }

@@ -225,6 +225,42 @@ fn bad_values_name_the_file_line_and_the_problem() {
             2,
             &["\"outbox-capacity\" is set twice (also on line 1)"],
         ),
+        (
+            "stun = [\"garbage url\"]\n",
+            1,
+            &["invalid value 'garbage url' for '--stun", "stun: or stuns:"],
+        ),
+        (
+            "turn = [\"turn:ok.example:3478\", \"http://x\"]\n",
+            1,
+            &["invalid value 'http://x' for '--turn", "turn: or turns:"],
+        ),
+        (
+            "allow-origin = [\"not an origin\"]\n",
+            1,
+            &["invalid value 'not an origin' for '--allow-origin"],
+        ),
+        (
+            "log = \"[[[\"\n",
+            1,
+            &["invalid value '[[[' for '--log", "not a log filter"],
+        ),
+        (
+            "max-message-bytes = 0\n",
+            1,
+            &[
+                "invalid value '0' for '--max-message-bytes",
+                "at least 1024",
+            ],
+        ),
+        (
+            "turn-secret = \"***\"\n",
+            1,
+            &[
+                "invalid value '***' for '--turn-secret",
+                "redacted placeholder",
+            ],
+        ),
         // TOML syntax errors carry their line too.
         ("rate-burst = 3\nlisten = \n", 2, &[]),
         ("rate-burst = 3\nrate-burst = 4\n", 2, &["duplicate key"]),
@@ -285,21 +321,21 @@ fn config_redacts_secrets_and_url_passwords() {
     cmd.env("PEER_STREAM_TURN_SECRET", "env-secret-value")
         .args([
             "--stun",
-            "stun://bob:stunpass@stun.example.org:3478",
+            "stun:bob:stunpass@stun.example.org:3478?password=querypass",
             "--allow-origin",
             "https://carol:originpass@chat.example.org",
             "config",
         ]);
     let r = run(cmd);
     r.ok();
-    for secret in ["env-secret-value", "stunpass", "originpass"] {
+    for secret in ["env-secret-value", "stunpass", "querypass", "originpass"] {
         assert!(!r.stdout.contains(secret), "{secret} leaked:\n{}", r.stdout);
     }
     let shown = parse_shown(&r.stdout);
     assert_eq!(value(&shown, "turn-secret"), "\"***\"");
     assert_eq!(
         value(&shown, "stun"),
-        "[\"stun://bob:***@stun.example.org:3478\"]"
+        "[\"stun:bob:***@stun.example.org:3478?password=***\"]"
     );
     // Not set: no value at all (not even ***).
     let shown = shown_config({
@@ -321,7 +357,7 @@ fn config_output_pastes_back_as_a_file() {
         "stun:a.example:3478,stun:b.example:3478",
         "--trust-proxy",
         "--log",
-        "warn,peer_stream_server=\"debug\"",
+        "warn,peer_stream_server[conn{name=\"x\"}]=debug",
         "config",
     ]);
     let r = run(cmd);

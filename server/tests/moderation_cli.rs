@@ -129,9 +129,8 @@ fn reports_list_as_table_and_json_with_since() {
     // Oldest first.
     assert_eq!(all[0]["match_id"], "match-old");
     let first_new = &all[1];
-    for key in ["match_id", "reporter", "reported", "reason", "at"] {
-        assert!(first_new.get(key).is_some(), "no {key} in {first_new}");
-    }
+    let keys: Vec<&String> = first_new.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["match_id", "reporter", "reported", "reason", "at"]);
     assert_eq!(first_new["match_id"], "match-0");
     assert_eq!(first_new["reporter"], "10.0.0.1");
     assert_eq!(first_new["reported"], "10.9.9.9");

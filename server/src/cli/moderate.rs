@@ -65,8 +65,6 @@ fn report_json(r: &ReportRecord) -> Value {
         "reported": r.reported_ip,
         "reason": r.reason,
         "at": rfc3339(r.at),
-        "reporter_session": r.reporter_session,
-        "reported_session": r.reported_session,
     })
 }
 

@@ -29,6 +29,39 @@ fn is_secret(cmd: &Command, id: &str) -> bool {
 /// Replaces the password of a URL's userinfo: `turn:user:pass@host` →
 /// `turn:user:***@host`, `redis://:pass@host/0` → `redis://:***@host/0`.
 pub fn redact_url(value: &str) -> String {
+    redact_query(&redact_userinfo(value))
+}
+
+/// Query parameters that carry a secret (`?password=…`, `&credential=…`) become `***`.
+fn redact_query(value: &str) -> String {
+    let Some((head, query)) = value.split_once('?') else {
+        return value.to_owned();
+    };
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _))
+                if ["password", "pass", "pwd", "credential", "secret", "token"]
+                    .contains(&key.to_ascii_lowercase().as_str()) =>
+            {
+                format!("{key}={REDACTED}")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    let mut out = format!("{head}?{}", params.join("&"));
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
+fn redact_userinfo(value: &str) -> String {
     let Some(colon) = value.find(':') else {
         return value.to_owned();
     };
@@ -123,7 +156,7 @@ pub fn render(parsed: &Parsed, cmd: &Command) -> String {
     let width = lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
     let mut out = format!(
         "# Effective configuration of peer-stream-server {} (flag > environment > file > default).\n\
-         # Secrets are shown as {REDACTED}.\n",
+         # Secrets are shown as {REDACTED}: put the real ones back before using this as a file.\n",
         env!("CARGO_PKG_VERSION")
     );
     if let Some(path) = parsed.cli.config.as_ref() {
