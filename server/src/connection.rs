@@ -242,7 +242,7 @@ where
                 return None;
             }
             ClientMessage::Join { interests } => Command::Join { session, interests },
-            ClientMessage::Next => Command::Next { session },
+            ClientMessage::Next { reason } => Command::Next { session, reason },
             ClientMessage::Leave => Command::Leave { session },
             ClientMessage::Report { match_id, reason } => Command::Report {
                 session,
@@ -274,6 +274,16 @@ where
             ClientMessage::UndoNext => Command::UndoNext { session },
             ClientMessage::IceServers => Command::IceServers { session },
             ClientMessage::Block { match_id } => Command::Block { session, match_id },
+            ClientMessage::CallReport {
+                match_id,
+                path,
+                setup_ms,
+            } => Command::CallReport {
+                session,
+                match_id,
+                path,
+                setup_ms,
+            },
             ClientMessage::Typing { match_id, active } => {
                 let frame = ServerMessage::Typing {
                     match_id: match_id.clone(),

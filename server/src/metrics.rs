@@ -1,7 +1,7 @@
 //! Counters and gauges, rendered in the Prometheus text format at `/metrics`.
 //! Plain atomics: every connection task updates them without a lock.
 
-use peer_stream_shared::ErrorCode;
+use peer_stream_shared::{CallPath, ErrorCode};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -10,6 +10,9 @@ use std::time::Duration;
 const MATCH_BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+
+/// Upper bounds (seconds) of the call setup-time histogram buckets (`call_report`).
+const CALL_SETUP_BUCKETS: [f64; 7] = [0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0];
 
 /// How an `undo_next` ended, the label of `peer_stream_undo_total{result=…}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +69,10 @@ pub struct Metrics {
     match_buckets: [AtomicU64; MATCH_BUCKETS.len()],
     match_count: AtomicU64,
     match_sum_us: AtomicU64,
+    calls: [AtomicU64; CallPath::ALL.len()],
+    call_setup_buckets: [AtomicU64; CALL_SETUP_BUCKETS.len()],
+    call_setup_count: AtomicU64,
+    call_setup_sum_ms: AtomicU64,
 }
 
 impl Metrics {
@@ -93,6 +100,25 @@ impl Metrics {
             u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
             Relaxed,
         );
+    }
+
+    /// One side's `call_report`: counted by path; `setup_ms` (when given, and the call
+    /// did not fail) goes into the setup-time histogram.
+    pub fn observe_call(&self, path: CallPath, setup_ms: Option<u64>) {
+        if let Some(i) = CallPath::ALL.iter().position(|p| *p == path) {
+            self.calls[i].fetch_add(1, Relaxed);
+        }
+        let Some(ms) = setup_ms.filter(|_| path != CallPath::Failed) else {
+            return;
+        };
+        let secs = ms as f64 / 1e3;
+        for (i, le) in CALL_SETUP_BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                self.call_setup_buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.call_setup_count.fetch_add(1, Relaxed);
+        self.call_setup_sum_ms.fetch_add(ms, Relaxed);
     }
 
     pub fn render(&self) -> String {
@@ -217,6 +243,34 @@ impl Metrics {
             self.match_sum_us.load(Relaxed) as f64 / 1e6
         );
         let _ = writeln!(o, "peer_stream_time_to_match_seconds_count {count}");
+        o.push_str("# HELP peer_stream_calls_total Calls reported by clients (call_report, one per side and match), by how the media connected.\n# TYPE peer_stream_calls_total counter\n");
+        for (i, path) in CallPath::ALL.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "peer_stream_calls_total{{path=\"{}\"}} {}",
+                path.as_str(),
+                self.calls[i].load(Relaxed)
+            );
+        }
+        o.push_str("# HELP peer_stream_call_setup_seconds Time from matched to the first decoded remote frame, as reported by clients.\n# TYPE peer_stream_call_setup_seconds histogram\n");
+        for (i, le) in CALL_SETUP_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "peer_stream_call_setup_seconds_bucket{{le=\"{le}\"}} {}",
+                self.call_setup_buckets[i].load(Relaxed)
+            );
+        }
+        let count = self.call_setup_count.load(Relaxed);
+        let _ = writeln!(
+            o,
+            "peer_stream_call_setup_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            o,
+            "peer_stream_call_setup_seconds_sum {}",
+            self.call_setup_sum_ms.load(Relaxed) as f64 / 1e3
+        );
+        let _ = writeln!(o, "peer_stream_call_setup_seconds_count {count}");
         o
     }
 }
@@ -240,5 +294,25 @@ mod tests {
         assert!(text.contains("peer_stream_time_to_match_seconds_bucket{le=\"+Inf\"} 2"));
         assert!(text.contains("peer_stream_time_to_match_seconds_count 2"));
         assert!(text.contains("peer_stream_errors_total{code=\"bad_json\"} 1"));
+    }
+
+    #[test]
+    fn call_reports_count_by_path_and_fill_the_setup_histogram() {
+        let m = Metrics::default();
+        m.observe_call(CallPath::Relay, Some(800));
+        m.observe_call(CallPath::Host, Some(120));
+        m.observe_call(CallPath::Host, None);
+        m.observe_call(CallPath::Failed, Some(10_000));
+        let text = m.render();
+        assert!(text.contains("peer_stream_calls_total{path=\"host\"} 2"));
+        assert!(text.contains("peer_stream_calls_total{path=\"relay\"} 1"));
+        assert!(text.contains("peer_stream_calls_total{path=\"failed\"} 1"));
+        assert!(text.contains("peer_stream_calls_total{path=\"srflx\"} 0"));
+        assert!(text.contains("peer_stream_call_setup_seconds_bucket{le=\"0.1\"} 0"));
+        assert!(text.contains("peer_stream_call_setup_seconds_bucket{le=\"0.25\"} 1"));
+        assert!(text.contains("peer_stream_call_setup_seconds_bucket{le=\"1\"} 2"));
+        assert!(text.contains("peer_stream_call_setup_seconds_bucket{le=\"+Inf\"} 2"));
+        assert!(text.contains("peer_stream_call_setup_seconds_sum 0.92"));
+        assert!(text.contains("peer_stream_call_setup_seconds_count 2"));
     }
 }

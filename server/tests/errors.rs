@@ -385,7 +385,7 @@ fn arbitrary_text_frames_get_an_error_or_a_valid_reply_and_never_kill_the_connec
                     }
                 }
                 Ok(ClientMessage::Leave) => {}
-                Ok(ClientMessage::Join { .. } | ClientMessage::Next) => {
+                Ok(ClientMessage::Join { .. } | ClientMessage::Next { .. }) => {
                     let v = c.recv_json().await;
                     if !(v["type"] == "queued" || v["type"] == "error") {
                         return Err(TestCaseError::fail(format!(

@@ -20,7 +20,8 @@ mod parse;
 pub use error::{ErrorCode, ProtocolError};
 pub use ids::{MatchId, SessionId};
 pub use message::{
-    ClientMessage, IceServer, PartnerLeftReason, Role, ServerMessage, SignalPayload,
+    CallPath, ClientMessage, IceServer, NextReason, PartnerLeftReason, Role, ServerMessage,
+    SignalPayload,
 };
 pub use parse::{normalize_interests, parse_client_message};
 

@@ -18,3 +18,5 @@ pub const MAX_CLIENT_NAME_CHARS: usize = 128;
 pub const MAX_ID_CHARS: usize = 64;
 /// Default largest WebSocket message the server accepts (a larger one closes the connection).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// A `call_report`'s `setup_ms` is at most this (10 minutes); larger is `invalid`.
+pub const MAX_CALL_SETUP_MS: u64 = 600_000;

@@ -30,7 +30,17 @@ pub enum ClientMessage {
     /// Sent during a match when the user starts (`true`) or stops (`false`) typing.
     Typing { match_id: MatchId, active: bool },
     /// Sent to skip: leaves the current match (or the queue) and re-enters the queue at once.
-    Next,
+    /// `reason` is optional: `connection_failed` marks a skip because the call's media
+    /// never connected or was lost (the partner gets `partner_left` `disconnected`, and no
+    /// undo window opens). An unknown reason is a plain skip (forward compatibility).
+    Next {
+        #[serde(
+            default,
+            deserialize_with = "next_reason",
+            skip_serializing_if = "Option::is_none"
+        )]
+        reason: Option<NextReason>,
+    },
     /// Sent to stop: leaves the match and the queue; the connection stays open.
     Leave,
     /// Sent to report the current or the most recent partner.
@@ -46,6 +56,76 @@ pub enum ClientMessage {
     /// again while both sessions live. Not a report; bans no one. No reply on success,
     /// `not_in_match` for an unknown match.
     Block { match_id: MatchId },
+    /// Sent once per match by each side: how its call's media connected (`path`, the type
+    /// of the selected local ICE candidate, or `failed`) and how long from `matched` to
+    /// the first decoded remote frame (`setup_ms`, null when unknown or failed). For the
+    /// operator's `/metrics`; no reply on success, nothing is relayed to the partner.
+    CallReport {
+        match_id: MatchId,
+        path: CallPath,
+        #[serde(default)]
+        setup_ms: Option<u64>,
+    },
+}
+
+/// Why a client sent `next` (its optional `reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NextReason {
+    /// The call's media never connected, or was lost and did not come back.
+    ConnectionFailed,
+}
+
+impl NextReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NextReason::ConnectionFailed => "connection_failed",
+        }
+    }
+}
+
+/// `next`'s `reason`: a known string maps to [`NextReason`]; an unknown string or null
+/// is `None` (a plain skip), so newer clients never get `invalid` from an older server.
+fn next_reason<'de, D>(d: D) -> Result<Option<NextReason>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let raw: Option<String> = Option::deserialize(d)?;
+    Ok(match raw.as_deref() {
+        Some("connection_failed") => Some(NextReason::ConnectionFailed),
+        _ => None,
+    })
+}
+
+/// How a call's media connected: the selected local ICE candidate type, or `failed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallPath {
+    Host,
+    Srflx,
+    Prflx,
+    Relay,
+    Failed,
+}
+
+impl CallPath {
+    pub const ALL: [CallPath; 5] = [
+        CallPath::Host,
+        CallPath::Srflx,
+        CallPath::Prflx,
+        CallPath::Relay,
+        CallPath::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallPath::Host => "host",
+            CallPath::Srflx => "srflx",
+            CallPath::Prflx => "prflx",
+            CallPath::Relay => "relay",
+            CallPath::Failed => "failed",
+        }
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -54,7 +134,7 @@ fn is_false(b: &bool) -> bool {
 
 impl ClientMessage {
     /// The `type` tags of every client message, to tell `unknown_type` from `invalid`.
-    pub const TYPES: [&'static str; 11] = [
+    pub const TYPES: [&'static str; 12] = [
         "hello",
         "join",
         "signal",
@@ -66,6 +146,7 @@ impl ClientMessage {
         "undo_next",
         "ice_servers",
         "block",
+        "call_report",
     ];
 }
 

@@ -118,7 +118,24 @@ fn validate(msg: ClientMessage) -> Result<ClientMessage, ProtocolError> {
             check_id("match_id", match_id.as_str())?;
             Ok(ClientMessage::Block { match_id })
         }
-        m @ (ClientMessage::Next
+        ClientMessage::CallReport {
+            match_id,
+            path,
+            setup_ms,
+        } => {
+            check_id("match_id", match_id.as_str())?;
+            if setup_ms.is_some_and(|ms| ms > MAX_CALL_SETUP_MS) {
+                return Err(ProtocolError::invalid(format!(
+                    "setup_ms must be 0..={MAX_CALL_SETUP_MS} or null"
+                )));
+            }
+            Ok(ClientMessage::CallReport {
+                match_id,
+                path,
+                setup_ms,
+            })
+        }
+        m @ (ClientMessage::Next { .. }
         | ClientMessage::Leave
         | ClientMessage::UndoNext
         | ClientMessage::IceServers) => Ok(m),
@@ -191,6 +208,8 @@ mod tests {
             r#"{"type":"undo_next"}"#,
             r#"{"type":"ice_servers"}"#,
             r#"{"type":"block","match_id":"m"}"#,
+            r#"{"type":"next","reason":"connection_failed"}"#,
+            r#"{"type":"call_report","match_id":"m","path":"relay","setup_ms":850}"#,
         ];
         for c in cases {
             assert!(parse_client_message(c).is_ok(), "{c}");
@@ -260,6 +279,104 @@ mod tests {
             )),
             ErrorCode::TooLarge
         );
+    }
+
+    #[test]
+    fn next_reason_is_optional_and_forward_compatible() {
+        let plain = ClientMessage::Next { reason: None };
+        assert_eq!(
+            parse_client_message(r#"{"type":"next"}"#),
+            Ok(plain.clone())
+        );
+        assert_eq!(
+            plain.to_json(),
+            r#"{"type":"next"}"#,
+            "a v1 next on the wire"
+        );
+        let failed = ClientMessage::Next {
+            reason: Some(crate::NextReason::ConnectionFailed),
+        };
+        assert_eq!(
+            parse_client_message(r#"{"type":"next","reason":"connection_failed"}"#),
+            Ok(failed.clone())
+        );
+        assert_eq!(
+            failed.to_json(),
+            r#"{"type":"next","reason":"connection_failed"}"#
+        );
+        for unknown in [
+            r#"{"type":"next","reason":"bored"}"#,
+            r#"{"type":"next","reason":""}"#,
+            r#"{"type":"next","reason":null}"#,
+        ] {
+            assert_eq!(
+                parse_client_message(unknown),
+                Ok(plain.clone()),
+                "{unknown}"
+            );
+        }
+        assert_eq!(code(r#"{"type":"next","reason":5}"#), ErrorCode::Invalid);
+    }
+
+    #[test]
+    fn call_report_is_validated() {
+        use crate::CallPath;
+        for path in CallPath::ALL {
+            let text = format!(
+                r#"{{"type":"call_report","match_id":"m1","path":"{}","setup_ms":null}}"#,
+                path.as_str()
+            );
+            assert_eq!(
+                parse_client_message(&text),
+                Ok(ClientMessage::CallReport {
+                    match_id: MatchId::from("m1"),
+                    path,
+                    setup_ms: None,
+                }),
+                "{text}"
+            );
+        }
+        let ok = ClientMessage::CallReport {
+            match_id: MatchId::from("m1"),
+            path: CallPath::Srflx,
+            setup_ms: Some(0),
+        };
+        let json = ok.to_json();
+        assert_eq!(
+            json,
+            r#"{"type":"call_report","match_id":"m1","path":"srflx","setup_ms":0}"#
+        );
+        assert_eq!(parse_client_message(&json), Ok(ok));
+        // setup_ms may be left out (null).
+        assert!(
+            parse_client_message(r#"{"type":"call_report","match_id":"m","path":"failed"}"#)
+                .is_ok()
+        );
+        let max = format!(
+            r#"{{"type":"call_report","match_id":"m","path":"host","setup_ms":{MAX_CALL_SETUP_MS}}}"#
+        );
+        assert!(parse_client_message(&max).is_ok());
+        let over = format!(
+            r#"{{"type":"call_report","match_id":"m","path":"host","setup_ms":{}}}"#,
+            MAX_CALL_SETUP_MS + 1
+        );
+        let long_id = "x".repeat(MAX_ID_CHARS + 1);
+        let long = format!(r#"{{"type":"call_report","match_id":"{long_id}","path":"host"}}"#);
+        for bad in [
+            over.as_str(),
+            long.as_str(),
+            r#"{"type":"call_report","match_id":"m","path":"turn"}"#,
+            r#"{"type":"call_report","match_id":"m","path":"HOST"}"#,
+            r#"{"type":"call_report","match_id":"m","path":null}"#,
+            r#"{"type":"call_report","match_id":"m"}"#,
+            r#"{"type":"call_report","path":"host"}"#,
+            r#"{"type":"call_report","match_id":"","path":"host"}"#,
+            r#"{"type":"call_report","match_id":"m","path":"host","setup_ms":-1}"#,
+            r#"{"type":"call_report","match_id":"m","path":"host","setup_ms":1.5}"#,
+            r#"{"type":"call_report","match_id":"m","path":"host","setup_ms":"12"}"#,
+        ] {
+            assert_eq!(code(bad), ErrorCode::Invalid, "{bad}");
+        }
     }
 
     #[test]

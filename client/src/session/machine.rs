@@ -273,7 +273,7 @@ impl Session {
             self.end_call(EndReason::WeLeft);
             self.system("You skipped the stranger.");
         }
-        self.send(ClientMessage::Next);
+        self.send(ClientMessage::Next { reason: None });
         self.phase = Phase::Searching { waiting: 0 };
         self.undo_pending = false;
         if skipped && offer_undo {
@@ -751,7 +751,7 @@ mod tests {
         s.handle(Input::Next);
         let outs = drain(&mut s);
         assert!(outs.contains(&Output::StopPeer));
-        assert_eq!(sends(&outs), vec![ClientMessage::Next]);
+        assert_eq!(sends(&outs), vec![ClientMessage::Next { reason: None }]);
         assert!(matches!(s.phase(), Phase::Searching { .. }));
         matched(&mut s, "m2", Role::Answerer);
         drain(&mut s);
@@ -812,7 +812,7 @@ mod tests {
                     match_id: "m1".into(),
                     reason: "spam".into()
                 },
-                ClientMessage::Next
+                ClientMessage::Next { reason: None }
             ]
         );
     }
@@ -942,7 +942,10 @@ mod tests {
         assert_eq!(s.status().undo, None);
         // A resumed call is a call like any other: Next works (and can be undone).
         s.handle(Input::Next);
-        assert_eq!(sends(&drain(&mut s)), vec![ClientMessage::Next]);
+        assert_eq!(
+            sends(&drain(&mut s)),
+            vec![ClientMessage::Next { reason: None }]
+        );
         assert!(s.status().undo.is_some());
         // A plain match after that is not "resumed".
         matched(&mut s, "m3", Role::Offerer);

@@ -11,7 +11,9 @@ pub mod queue;
 use crate::ice::IceConfig;
 use crate::metrics::{Metrics, UndoResult};
 use crate::moderation::{Moderation, Report};
-use peer_stream_shared::{ErrorCode, MatchId, PartnerLeftReason, Role, ServerMessage, SessionId};
+use peer_stream_shared::{
+    CallPath, ErrorCode, MatchId, NextReason, PartnerLeftReason, Role, ServerMessage, SessionId,
+};
 use queue::{MatchQueue, Pair};
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -54,6 +56,8 @@ pub enum Command {
     },
     Next {
         session: SessionId,
+        /// `connection_failed`: the partner is told `disconnected` and no undo window opens.
+        reason: Option<NextReason>,
     },
     Leave {
         session: SessionId,
@@ -84,6 +88,14 @@ pub enum Command {
     Block {
         session: SessionId,
         match_id: MatchId,
+    },
+    /// How this side's call of `match_id` (current or last match) connected; counted once
+    /// per side per match in `/metrics`. No reply on success.
+    CallReport {
+        session: SessionId,
+        match_id: MatchId,
+        path: CallPath,
+        setup_ms: Option<u64>,
     },
     /// An address was just banned: close its connections.
     Banned {
@@ -117,6 +129,8 @@ struct PastMatch {
     match_id: MatchId,
     partner: SessionId,
     partner_ip: IpAddr,
+    /// This side already sent its `call_report` for this match (later ones are ignored).
+    call_reported: bool,
 }
 
 /// What a session's last `next` skipped, so `undo_next` can bring it back.
@@ -291,7 +305,7 @@ impl Matchmaker {
                 }
             }
             Command::Join { session, interests } => self.join(session, interests),
-            Command::Next { session } => self.next(session),
+            Command::Next { session, reason } => self.next(session, reason),
             Command::Leave { session } => {
                 self.end_current(&session, PartnerLeftReason::Left);
                 if self.queue.remove(&session) {
@@ -325,6 +339,12 @@ impl Matchmaker {
                     .store(self.conns.len() as i64, Relaxed);
             }
             Command::UndoNext { session } => self.undo_next(session),
+            Command::CallReport {
+                session,
+                match_id,
+                path,
+                setup_ms,
+            } => self.call_report(session, match_id, path, setup_ms),
             Command::IceServers { session } => {
                 let ice_servers = self.ice.servers_for(&session, SystemTime::now());
                 self.send(&session, &ServerMessage::IceServers { ice_servers });
@@ -390,14 +410,25 @@ impl Matchmaker {
         self.enqueue(session);
     }
 
-    fn next(&mut self, session: SessionId) {
+    /// `next`: ends the current match (the partner gets `partner_left` `skipped`, or
+    /// `disconnected` for reason `connection_failed`) and re-queues the sender. A plain
+    /// `next` that ended a match opens the undo window; a `connection_failed` one does not
+    /// (and drops an older window). Both keep the rematch cooldown.
+    fn next(&mut self, session: SessionId, reason: Option<NextReason>) {
         if !self.conns.contains_key(&session) {
             return;
         }
-        let skipped = self.end_current(&session, PartnerLeftReason::Skipped);
+        let connection_failed = reason == Some(NextReason::ConnectionFailed);
+        let skipped = if connection_failed {
+            self.end_current_as(&session, PartnerLeftReason::Disconnected, true)
+        } else {
+            self.end_current(&session, PartnerLeftReason::Skipped)
+        };
         if let Some(c) = self.conns.get_mut(&session) {
             c.stopped = false;
-            if let Some((match_id, partner)) = skipped {
+            if connection_failed {
+                c.undo = None;
+            } else if let Some((match_id, partner)) = skipped {
                 c.undo = Some(UndoTicket {
                     partner,
                     match_id,
@@ -485,6 +516,38 @@ impl Matchmaker {
     fn refuse_undo(&mut self, session: &SessionId, result: UndoResult, message: &str) {
         self.metrics.undo(result);
         self.send_error(session, ErrorCode::UndoUnavailable, message);
+    }
+
+    /// `call_report`: counts how this side's call of `match_id` (the current or a recent
+    /// match) connected. Only the first report per side and match counts; later ones are
+    /// ignored without a reply. Nothing is relayed to the partner; no reply on success.
+    fn call_report(
+        &mut self,
+        session: SessionId,
+        match_id: MatchId,
+        path: CallPath,
+        setup_ms: Option<u64>,
+    ) {
+        let Some(conn) = self.conns.get_mut(&session) else {
+            return;
+        };
+        let Some(past) = conn
+            .recent_matches
+            .iter_mut()
+            .find(|p| p.match_id == match_id)
+        else {
+            self.send_error(
+                &session,
+                ErrorCode::NotInMatch,
+                "you can report a call only for your current or previous match",
+            );
+            return;
+        };
+        if std::mem::replace(&mut past.call_reported, true) {
+            tracing::debug!(%session, "a second call_report for the same match, ignored");
+            return;
+        }
+        self.metrics.observe_call(path, setup_ms);
     }
 
     /// `block`: the partner of `match_id` (the current or a recent match) and `session`
@@ -611,6 +674,7 @@ impl Matchmaker {
                     match_id: match_id.clone(),
                     partner: other.clone(),
                     partner_ip: other_ip,
+                    call_reported: false,
                 });
             }
             if !resumed {
@@ -643,6 +707,17 @@ impl Matchmaker {
         session: &SessionId,
         reason: PartnerLeftReason,
     ) -> Option<(MatchId, SessionId)> {
+        self.end_current_as(session, reason, reason != PartnerLeftReason::Disconnected)
+    }
+
+    /// [`Self::end_current`], choosing whether the pair gets the rematch cooldown (a
+    /// `next` with `connection_failed` tells the partner `disconnected` but keeps it).
+    fn end_current_as(
+        &mut self,
+        session: &SessionId,
+        reason: PartnerLeftReason,
+        cooldown: bool,
+    ) -> Option<(MatchId, SessionId)> {
         let Some(State::InMatch(match_id)) = self.conns.get(session).map(|c| &c.state) else {
             return None;
         };
@@ -651,7 +726,7 @@ impl Matchmaker {
         let m = self.matches.remove(&match_id)?;
         self.metrics.active_matches.fetch_sub(1, Relaxed);
         let partner = if &m.a == session { m.b } else { m.a };
-        if reason != PartnerLeftReason::Disconnected {
+        if cooldown {
             self.queue.record_skip(session, &partner, Instant::now());
         }
         self.set_state(&partner, State::Idle);
