@@ -62,14 +62,7 @@ async fn two_peers_see_hear_and_chat() {
         server.port,
         &["--duration", "9", "--tone-hz", "660", "--say", "hi from B"],
     );
-    let (a, b) = tokio::task::spawn_blocking(move || {
-        (
-            summary(a, Duration::from_secs(60)),
-            summary(b, Duration::from_secs(60)),
-        )
-    })
-    .await
-    .unwrap();
+    let (a, b) = common::summaries(a, b, Duration::from_secs(60)).await;
     server.stop().await;
     eprintln!("A: {a}\nB: {b}");
     for (me, other_tone, them) in [(&a, 660.0, "B"), (&b, 440.0, "A")] {
@@ -152,14 +145,7 @@ async fn partner_killed_then_a_newcomer_is_matched() {
     let _ = b.wait();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let c = peer(server.port, &["--duration", "9"]);
-    let (a, c) = tokio::task::spawn_blocking(move || {
-        (
-            summary(a, Duration::from_secs(60)),
-            summary(c, Duration::from_secs(60)),
-        )
-    })
-    .await
-    .unwrap();
+    let (a, c) = common::summaries(a, c, Duration::from_secs(60)).await;
     server.stop().await;
     eprintln!("A: {a}\nC: {c}");
     assert_eq!(u(&a, "matches"), 2, "A met B, then C: {a}");
@@ -181,14 +167,7 @@ async fn peers_reconnect_and_requeue_after_a_server_restart() {
     let dir = server.stop().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let server = start(port, Some(dir)).await;
-    let (a, b) = tokio::task::spawn_blocking(move || {
-        (
-            summary(a, Duration::from_secs(60)),
-            summary(b, Duration::from_secs(60)),
-        )
-    })
-    .await
-    .unwrap();
+    let (a, b) = common::summaries(a, b, Duration::from_secs(60)).await;
     server.stop().await;
     eprintln!("A: {a}\nB: {b}");
     for r in [&a, &b] {

@@ -16,7 +16,7 @@
 mod common;
 
 use common::coturn::Coturn;
-use common::{summary, u};
+use common::u;
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -113,14 +113,7 @@ async fn relay_only_call_through_coturn() {
         &b_err,
         &["--duration", "14", "--tone-hz", "660"],
     );
-    let (a, b) = tokio::task::spawn_blocking(move || {
-        (
-            summary(a, Duration::from_secs(90)),
-            summary(b, Duration::from_secs(90)),
-        )
-    })
-    .await
-    .unwrap();
+    let (a, b) = common::summaries(a, b, Duration::from_secs(90)).await;
     server.stop().await;
     let log = coturn.log();
     drop(coturn);
@@ -175,14 +168,7 @@ async fn relay_policy_without_turn_warns_and_never_goes_direct() {
     let (a_err, b_err) = (logs.path().join("a.log"), logs.path().join("b.log"));
     let a = relay_peer(server.port, &a_err, &["--duration", "6"]);
     let b = relay_peer(server.port, &b_err, &["--duration", "6"]);
-    let (a, b) = tokio::task::spawn_blocking(move || {
-        (
-            summary(a, Duration::from_secs(60)),
-            summary(b, Duration::from_secs(60)),
-        )
-    })
-    .await
-    .unwrap();
+    let (a, b) = common::summaries(a, b, Duration::from_secs(60)).await;
     server.stop().await;
     for (me, err) in [(&a, &a_err), (&b, &b_err)] {
         let stderr = std::fs::read_to_string(err).unwrap();

@@ -10,7 +10,6 @@
 
 mod common;
 
-use common::wait_output;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -76,14 +75,7 @@ async fn blurred_until_shown_and_undo_after_next_in_the_real_window() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (window, bot) = tokio::task::spawn_blocking(move || {
-        (
-            wait_output(window, Duration::from_secs(120)),
-            wait_output(bot, Duration::from_secs(120)),
-        )
-    })
-    .await
-    .unwrap();
+    let (window, bot) = common::wait_outputs(window, bot, Duration::from_secs(120)).await;
     server.stop().await;
 
     let log = String::from_utf8_lossy(&window.stderr);

@@ -8,7 +8,6 @@
 
 mod common;
 
-use common::wait_output;
 use peer_stream_server::{run, Config};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -65,14 +64,7 @@ async fn desktop_window_goes_live_with_a_headless_peer() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let (window, bot) = tokio::task::spawn_blocking(move || {
-        (
-            wait_output(window, Duration::from_secs(90)),
-            wait_output(bot, Duration::from_secs(90)),
-        )
-    })
-    .await
-    .unwrap();
+    let (window, bot) = common::wait_outputs(window, bot, Duration::from_secs(90)).await;
     token.cancel();
     let _ = server.await;
 

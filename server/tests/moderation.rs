@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -44,59 +44,10 @@ async fn get_x_reported_twice(server: &TestServer) -> (TestClient, TestClient, M
     (x, r2, m2)
 }
 
-/// Outcome of connecting from `ip`: `Ok(true)` banned (error banned + close 1008),
-/// `Ok(false)` welcomed, `Err` anything else.
+/// Outcome of connecting from `ip` (see [`ban_probe`]): `Ok(true)` banned (error banned +
+/// close 1008), `Ok(false)` welcomed, `Err` anything else.
 async fn try_banned(addr: SocketAddr, ip: [u8; 4]) -> Result<bool, String> {
-    let mut c = TestClient::try_connect_from(addr, ip)
-        .await
-        .map_err(|e| format!("handshake failed (expected an upgrade, then error banned): {e}"))?
-        .label("probe");
-    let mut messages: Vec<Value> = Vec::new();
-    // Let the server refuse on its own first; if it waits for hello, say hello.
-    let mut said_hello = false;
-    let deadline = Instant::now() + RECV_TIMEOUT;
-    loop {
-        let wait = if said_hello {
-            deadline.saturating_duration_since(Instant::now())
-        } else {
-            Duration::from_secs(2)
-        };
-        match c.next_frame(wait).await {
-            None if !said_hello => {
-                said_hello = true;
-                let _ = c
-                    .try_send(tokio_tungstenite::tungstenite::Message::text(
-                        hello_msg().to_string(),
-                    ))
-                    .await;
-            }
-            None => return Err(format!("no welcome and no close; got {messages:?}")),
-            Some(Frame::Json(v)) => {
-                if v["type"] == "welcome" {
-                    return Ok(false);
-                }
-                messages.push(v);
-            }
-            Some(Frame::Close(code)) => {
-                let banned = messages
-                    .iter()
-                    .any(|m| m["type"] == "error" && m["code"] == "banned");
-                return if banned && code == Some(1008) {
-                    Ok(true)
-                } else {
-                    Err(format!(
-                        "closed with {code:?} after {messages:?}; expected error banned + 1008"
-                    ))
-                };
-            }
-            Some(other) => {
-                return Err(format!(
-                    "connection ended ({other:?}) after {messages:?}; expected error banned \
-                     then close 1008"
-                ))
-            }
-        }
-    }
+    ban_probe(addr, ip, Duration::from_secs(2)).await
 }
 
 async fn assert_banned(addr: SocketAddr, ip: [u8; 4]) {

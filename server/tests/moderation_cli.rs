@@ -527,43 +527,10 @@ async fn a_database_of_the_previous_release_keeps_working() {
 /// Connects from `ip` and says hello: `Ok` on welcome, `Err` with what happened when the
 /// server refused with error `banned` and close 1008 (anything else fails the test).
 async fn connect_outcome(addr: SocketAddr, ip: [u8; 4]) -> Result<(), String> {
-    let mut c = TestClient::connect_from(addr, ip).await;
-    let mut messages = Vec::new();
-    // A banned address is refused right after the upgrade: listen first, so that no hello
-    // is in flight when the server closes (an unread hello could turn the close into a
-    // reset); say hello only when the server stays quiet.
-    let mut said_hello = false;
-    let deadline = Instant::now() + RECV_TIMEOUT;
-    loop {
-        let wait = if said_hello {
-            deadline.saturating_duration_since(Instant::now())
-        } else {
-            Duration::from_millis(1500)
-        };
-        match c.next_frame(wait).await {
-            None if !said_hello => {
-                said_hello = true;
-                let _ = c
-                    .try_send(tokio_tungstenite::tungstenite::Message::text(
-                        hello_msg().to_string(),
-                    ))
-                    .await;
-            }
-            None => panic!("{ip:?}: no welcome and no close; got {messages:?}"),
-            Some(Frame::Json(v)) if v["type"] == "welcome" => return Ok(()),
-            Some(Frame::Json(v)) => messages.push(v),
-            Some(Frame::Close(code)) => {
-                let banned = messages
-                    .iter()
-                    .any(|m| m["type"] == "error" && m["code"] == "banned");
-                assert!(
-                    banned && code == Some(1008),
-                    "{ip:?}: closed with {code:?} after {messages:?}; expected error banned + 1008"
-                );
-                return Err(format!("banned: {messages:?}"));
-            }
-            other => panic!("{ip:?}: unexpected {other:?} after {messages:?}"),
-        }
+    match ban_probe(addr, ip, Duration::from_millis(1500)).await {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(format!("{ip:?} banned")),
+        Err(e) => panic!("{ip:?}: {e}"),
     }
 }
 

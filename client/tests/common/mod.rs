@@ -149,6 +149,20 @@ pub fn summary(mut child: Child, limit: Duration) -> Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("bad summary {line:?}: {e}"))
 }
 
+/// [`wait_output`] for two processes at once (off the async runtime).
+pub async fn wait_outputs(a: Child, b: Child, limit: Duration) -> (Output, Output) {
+    tokio::task::spawn_blocking(move || (wait_output(a, limit), wait_output(b, limit)))
+        .await
+        .unwrap()
+}
+
+/// [`summary`] of two headless peers at once (off the async runtime).
+pub async fn summaries(a: Child, b: Child, limit: Duration) -> (Value, Value) {
+    tokio::task::spawn_blocking(move || (summary(a, limit), summary(b, limit)))
+        .await
+        .unwrap()
+}
+
 /// A count in a summary; fails when it is missing.
 pub fn u(v: &Value, key: &str) -> u64 {
     v[key]

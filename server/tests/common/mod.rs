@@ -776,3 +776,56 @@ fn sample_value(line: &str) -> Option<f64> {
         t => t.parse().ok(),
     }
 }
+
+/// What becomes of a connection from `ip`: `Ok(true)` refused as banned (error `banned`,
+/// then close 1008), `Ok(false)` welcomed, `Err` anything else. The probe first only
+/// listens for `quiet` (a banned address is refused right after the upgrade: with no
+/// hello in flight when the server closes, the close cannot turn into a reset), then says
+/// hello and waits up to [`RECV_TIMEOUT`].
+pub async fn ban_probe(addr: SocketAddr, ip: [u8; 4], quiet: Duration) -> Result<bool, String> {
+    let mut c = TestClient::try_connect_from(addr, ip)
+        .await
+        .map_err(|e| format!("handshake failed (expected an upgrade, then error banned): {e}"))?
+        .label("probe");
+    let mut messages: Vec<Value> = Vec::new();
+    let mut said_hello = false;
+    let deadline = Instant::now() + RECV_TIMEOUT;
+    loop {
+        let wait = if said_hello {
+            deadline.saturating_duration_since(Instant::now())
+        } else {
+            quiet
+        };
+        match c.next_frame(wait).await {
+            None if !said_hello => {
+                said_hello = true;
+                let _ = c.try_send(Message::text(hello_msg().to_string())).await;
+            }
+            None => return Err(format!("no welcome and no close; got {messages:?}")),
+            Some(Frame::Json(v)) => {
+                if v["type"] == "welcome" {
+                    return Ok(false);
+                }
+                messages.push(v);
+            }
+            Some(Frame::Close(code)) => {
+                let banned = messages
+                    .iter()
+                    .any(|m| m["type"] == "error" && m["code"] == "banned");
+                return if banned && code == Some(1008) {
+                    Ok(true)
+                } else {
+                    Err(format!(
+                        "closed with {code:?} after {messages:?}; expected error banned + 1008"
+                    ))
+                };
+            }
+            Some(other) => {
+                return Err(format!(
+                    "connection ended ({other:?}) after {messages:?}; expected error banned \
+                     then close 1008"
+                ))
+            }
+        }
+    }
+}
