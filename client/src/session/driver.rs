@@ -13,7 +13,7 @@ use crate::media::playback::AudioSink;
 use crate::net::peer::{parse_signal, PeerEvent, PeerSettings, PeerState};
 use crate::net::signaling::{self, SignalingEvent};
 use crate::session::machine::{Input, Notice, Output, Phase, Session, Status, UNDO_WINDOW};
-use peer_stream_shared::{ClientMessage, MatchId, Role, SignalPayload};
+use peer_stream_shared::{CallPath, ClientMessage, MatchId, Role, SignalPayload};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -70,6 +70,8 @@ impl Driver {
         let mut bitrate = BitrateController::new(self.config.video_settings.bitrate_bps);
         let mut bitrate_call: Option<String> = None;
         let mut last_status = Status::default();
+        // The call whose first decoded frame was handed to the machine (call_report).
+        let mut first_frame_fed: Option<String> = None;
         // The open undo window: its number and when it closes.
         let mut undo: Option<(u64, tokio::time::Instant)> = None;
 
@@ -132,6 +134,12 @@ impl Driver {
                             }
                         }
                         self.counters.set_peer_stats(stats);
+                        if first_frame_fed.as_deref() != Some(c.match_id.as_str()) {
+                            if let Some(input) = self.first_frame(&c.match_id) {
+                                first_frame_fed = Some(c.match_id.clone());
+                                session.handle(input);
+                            }
+                        }
                     }
                     let snap = self.counters.snapshot();
                     if let Some(old) = &last_snapshot {
@@ -176,6 +184,30 @@ impl Driver {
         }
         sig_cancel.cancel();
         self.hub.stop();
+    }
+
+    /// `Input::FirstFrame` once the call's first remote frame was decoded and its
+    /// selected candidate type is known (a type outside the four is never reported).
+    fn first_frame(&self, match_id: &str) -> Option<Input> {
+        let rec = self
+            .counters
+            .matches()
+            .into_iter()
+            .rev()
+            .find(|m| m.match_id == match_id)?;
+        let setup_ms = rec.setup_ms?;
+        let path = match rec.candidate_type.as_deref()? {
+            "host" => CallPath::Host,
+            "srflx" => CallPath::Srflx,
+            "prflx" => CallPath::Prflx,
+            "relay" => CallPath::Relay,
+            _ => return None,
+        };
+        Some(Input::FirstFrame {
+            match_id: MatchId(match_id.to_owned()),
+            path,
+            setup_ms: Some(setup_ms.round().clamp(0.0, 600_000.0) as u64),
+        })
     }
 
     fn on_command(&mut self, cmd: Command, session: &mut Session) -> Option<Input> {

@@ -7,7 +7,7 @@
 //! searching, so after a server restart it re-joins the queue on its own.
 
 use peer_stream_shared::{
-    ClientMessage, ErrorCode, IceServer, MatchId, PartnerLeftReason, Role, ServerMessage,
+    CallPath, ClientMessage, ErrorCode, IceServer, MatchId, PartnerLeftReason, Role, ServerMessage,
 };
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -76,6 +76,14 @@ pub enum Input {
     PeerConnected(MatchId),
     /// The peer connection for `match_id` failed or closed by itself.
     PeerFailed(MatchId),
+    /// The first remote video frame of `match_id` was decoded: `path` is the selected
+    /// local ICE candidate's type, `setup_ms` the time from `matched` to that frame.
+    /// The machine sends `call_report` once per match, only for the current one.
+    FirstFrame {
+        match_id: MatchId,
+        path: CallPath,
+        setup_ms: Option<u64>,
+    },
     /// Bring back the stranger skipped by the last Next (offered for [`UNDO_WINDOW`]).
     UndoNext,
     /// The undo window numbered `generation` (see [`Status::undo`]) is over. The
@@ -175,6 +183,8 @@ pub struct Session {
     undo_generation: u64,
     /// We sent `undo_next` and wait for `matched` (resumed) or `undo_unavailable`.
     undo_pending: bool,
+    /// The last match a `call_report` was sent for (one per match).
+    call_reported: Option<MatchId>,
     out: VecDeque<Output>,
 }
 
@@ -192,6 +202,7 @@ impl Session {
             status: Status::default(),
             undo_generation: 0,
             undo_pending: false,
+            call_reported: None,
             out: VecDeque::new(),
         }
     }
@@ -436,6 +447,22 @@ impl Session {
                     if *match_id == id {
                         self.phase = Phase::Live { match_id: id };
                     }
+                }
+            }
+            Input::FirstFrame {
+                match_id,
+                path,
+                setup_ms,
+            } => {
+                if self.current_match() == Some(&match_id)
+                    && self.call_reported.as_ref() != Some(&match_id)
+                {
+                    self.call_reported = Some(match_id.clone());
+                    self.send(ClientMessage::CallReport {
+                        match_id,
+                        path,
+                        setup_ms,
+                    });
                 }
             }
             Input::PeerFailed(id) => {
@@ -1188,5 +1215,63 @@ mod tests {
         s.handle(Input::Stop);
         s.handle(Input::MuteChat(true));
         assert!(!s.status().chat_muted);
+    }
+
+    fn first_frame(id: &str, path: CallPath, setup_ms: Option<u64>) -> Input {
+        Input::FirstFrame {
+            match_id: id.into(),
+            path,
+            setup_ms,
+        }
+    }
+
+    #[test]
+    fn call_report_once_per_current_match() {
+        let mut s = welcomed();
+        s.handle(Input::Start { interests: vec![] });
+        drain(&mut s);
+        matched(&mut s, "m1", Role::Answerer);
+        s.handle(Input::PeerConnected("m1".into()));
+        drain(&mut s);
+        s.handle(first_frame("old", CallPath::Host, Some(5)));
+        assert!(drain(&mut s).is_empty(), "not for another match");
+        s.handle(first_frame("m1", CallPath::Relay, Some(840)));
+        assert_eq!(
+            sends(&drain(&mut s)),
+            vec![ClientMessage::CallReport {
+                match_id: "m1".into(),
+                path: CallPath::Relay,
+                setup_ms: Some(840),
+            }]
+        );
+        s.handle(first_frame("m1", CallPath::Host, Some(900)));
+        assert!(drain(&mut s).is_empty(), "never twice");
+
+        // The next match reports again; a frame from the ended one does not.
+        matched(&mut s, "m2", Role::Offerer);
+        drain(&mut s);
+        s.handle(first_frame("m1", CallPath::Host, Some(1)));
+        assert!(drain(&mut s).is_empty(), "not for a stale match");
+        s.handle(first_frame("m2", CallPath::Srflx, None));
+        assert_eq!(
+            sends(&drain(&mut s)),
+            vec![ClientMessage::CallReport {
+                match_id: "m2".into(),
+                path: CallPath::Srflx,
+                setup_ms: None,
+            }]
+        );
+    }
+
+    #[test]
+    fn no_call_report_after_the_match_ended() {
+        let mut s = welcomed();
+        s.handle(Input::Start { interests: vec![] });
+        drain(&mut s);
+        matched(&mut s, "m1", Role::Offerer);
+        s.handle(Input::Stop);
+        drain(&mut s);
+        s.handle(first_frame("m1", CallPath::Host, Some(100)));
+        assert!(sends(&drain(&mut s)).is_empty());
     }
 }
