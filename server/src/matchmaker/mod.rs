@@ -528,19 +528,11 @@ impl Matchmaker {
         path: CallPath,
         setup_ms: Option<u64>,
     ) {
-        let Some(conn) = self.conns.get_mut(&session) else {
-            return;
-        };
-        let Some(past) = conn
-            .recent_matches
-            .iter_mut()
-            .find(|p| p.match_id == match_id)
-        else {
-            self.send_error(
-                &session,
-                ErrorCode::NotInMatch,
-                "you can report a call only for your current or previous match",
-            );
+        let Some(past) = self.recent_match(
+            &session,
+            &match_id,
+            "you can report a call only for your current or previous match",
+        ) else {
             return;
         };
         if std::mem::replace(&mut past.call_reported, true) {
@@ -553,15 +545,11 @@ impl Matchmaker {
     /// `block`: the partner of `match_id` (the current or a recent match) and `session`
     /// are never paired again while both live. No reply on success.
     fn block(&mut self, session: SessionId, match_id: MatchId) {
-        let Some(conn) = self.conns.get(&session) else {
-            return;
-        };
-        let Some(past) = conn.recent_matches.iter().find(|p| p.match_id == match_id) else {
-            self.send_error(
-                &session,
-                ErrorCode::NotInMatch,
-                "you can block only your current or previous partner",
-            );
+        let Some(past) = self.recent_match(
+            &session,
+            &match_id,
+            "you can block only your current or previous partner",
+        ) else {
             return;
         };
         let partner = past.partner.clone();
@@ -766,23 +754,23 @@ impl Matchmaker {
     }
 
     fn report(&mut self, session: SessionId, match_id: MatchId, reason: String) {
-        let Some(conn) = self.conns.get(&session) else {
+        let Some(past) = self.recent_match(
+            &session,
+            &match_id,
+            "you can report only your current or previous partner",
+        ) else {
             return;
         };
-        let Some(past) = conn.recent_matches.iter().find(|p| p.match_id == match_id) else {
-            self.send_error(
-                &session,
-                ErrorCode::NotInMatch,
-                "you can report only your current or previous partner",
-            );
+        let (reported_session, reported_ip) = (past.partner.0.clone(), past.partner_ip);
+        let Some(reporter_ip) = self.conns.get(&session).map(|c| c.ip) else {
             return;
         };
         self.metrics.reports_total.fetch_add(1, Relaxed);
         let report = Report {
             reporter_session: session.0.clone(),
-            reporter_ip: conn.ip,
-            reported_session: past.partner.0.clone(),
-            reported_ip: past.partner_ip,
+            reporter_ip,
+            reported_session,
+            reported_ip,
             match_id: match_id.0,
             reason,
         };
@@ -802,6 +790,27 @@ impl Matchmaker {
                 Err(e) => tracing::error!("report task failed: {e}"),
             }
         });
+    }
+
+    /// `match_id` among the sender's current and recent matches: what `report`, `block`
+    /// and `call_report` may name. Otherwise answers `not_in_match` with `refusal`.
+    fn recent_match(
+        &mut self,
+        session: &SessionId,
+        match_id: &MatchId,
+        refusal: &str,
+    ) -> Option<&mut PastMatch> {
+        let found = self
+            .conns
+            .get(session)?
+            .recent_matches
+            .iter()
+            .position(|p| p.match_id == *match_id);
+        let Some(i) = found else {
+            self.send_error(session, ErrorCode::NotInMatch, refusal);
+            return None;
+        };
+        self.conns.get_mut(session)?.recent_matches.get_mut(i)
     }
 
     fn send_error(&mut self, session: &SessionId, code: ErrorCode, message: &str) {
