@@ -43,6 +43,20 @@ fn config_without_cooldown() -> peer_stream_server::Config {
     cfg
 }
 
+/// `/metrics` counts exactly one undo with `result`.
+async fn assert_undo_counted(server: &TestServer, result: &str) {
+    let text = metrics(server).await;
+    assert_eq!(
+        metric_with_label(
+            &text,
+            "peer_stream_undo_total",
+            &format!("result=\"{result}\"")
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}
+
 async fn metrics(server: &TestServer) -> String {
     http_get(server.addr, "/metrics").await.body
 }
@@ -75,12 +89,7 @@ async fn undo_brings_back_a_skipped_partner_who_is_waiting() {
     assert_eq!(q["waiting"], 1, "b is no longer queued: {q}");
     c.expect_no_message(QUIET).await;
 
-    let text = metrics(&server).await;
-    assert_eq!(
-        metric_with_label(&text, "peer_stream_undo_total", "result=\"resumed\""),
-        Some(1.0),
-        "{text}"
-    );
+    assert_undo_counted(&server, "resumed").await;
 }
 
 #[tokio::test]
@@ -161,12 +170,7 @@ async fn undo_after_the_window_is_refused_and_keeps_the_queue_place() {
         ma.raw
     );
 
-    let text = metrics(&server).await;
-    assert_eq!(
-        metric_with_label(&text, "peer_stream_undo_total", "result=\"expired\""),
-        Some(1.0),
-        "{text}"
-    );
+    assert_undo_counted(&server, "expired").await;
 }
 
 #[tokio::test]
@@ -201,12 +205,7 @@ async fn undo_is_refused_when_the_skipped_partner_disconnected() {
         a.expect_matched().await.match_id,
         c.expect_matched().await.match_id
     );
-    let text = metrics(&server).await;
-    assert_eq!(
-        metric_with_label(&text, "peer_stream_undo_total", "result=\"gone\""),
-        Some(1.0),
-        "{text}"
-    );
+    assert_undo_counted(&server, "gone").await;
 }
 
 #[tokio::test]
