@@ -16,7 +16,8 @@ want_package=$want_test
 [ "${1:-}" = "--package" ] && want_package=1
 
 packages=(build-essential pkg-config cmake nasm clang libclang-dev libasound2-dev
-  libxkbcommon-dev libxcb-render0-dev libxcb-shape0-dev libxcb-xfixes0-dev libgl1-mesa-dev)
+  libxkbcommon-dev libxcb-render0-dev libxcb-shape0-dev libxcb-xfixes0-dev libgl1-mesa-dev
+  libvpx-dev)
 if [ "$want_test" = 1 ]; then
   packages+=(gcc-mingw-w64-x86-64 g++-mingw-w64-x86-64 xvfb xauth libgl1-mesa-dri libegl1)
   # The self-hosting kit's tests run deploy/nginx and deploy/coturn under the real daemons
@@ -25,6 +26,12 @@ if [ "$want_test" = 1 ]; then
   # The browser interop tests drive Debian's Chromium; elsewhere (e.g. Ubuntu, where
   # chromium is a snap) point PEER_STREAM_CHROMIUM at an installed Chrome instead.
   [ -n "${PEER_STREAM_CHROMIUM:-}" ] || packages+=(chromium)
+  # Firefox ESR is driven the same way (WebDriver BiDi); PEER_STREAM_FIREFOX points the
+  # tests at another Firefox.
+  [ -n "${PEER_STREAM_FIREFOX:-}" ] || packages+=(firefox-esr)
+  # The cluster tests start real redis-server nodes; the network lab builds namespaces
+  # joined by veth pairs and impairs them with nftables.
+  packages+=(redis-server iproute2 nftables)
   # The package test (scripts/package-test.sh): desktop entry, AppStream and systemd
   # unit validators, dpkg, fakeroot (dpkg --root as a normal user).
   packages+=(desktop-file-utils appstream systemd dpkg fakeroot)
