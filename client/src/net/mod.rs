@@ -4,6 +4,7 @@
 pub mod gather;
 pub mod keyframe;
 pub mod peer;
+mod receive;
 pub mod signaling;
 
 /// This machine's address on the local network (the interface a default route would

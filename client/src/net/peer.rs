@@ -6,17 +6,15 @@
 //! tested without a network.
 
 use super::keyframe::KeyframeRequestForwarder;
+use super::receive::{receive_audio, receive_video};
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
 use peer_stream_shared::{IceServer, SignalPayload};
 use rtc::interceptor::{Registry, Slot};
-use rtc::media::io::sample_builder::SampleBuilder;
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtp::codec::h264::H264Packet;
-use rtc::rtp::codec::opus::OpusPacket;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
     RTCRtpEncodingParameters, RtpCodecKind,
@@ -29,7 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
-use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
     PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceServer,
@@ -195,71 +193,6 @@ impl PeerConnectionEventHandler for Handler {
             tokio::spawn(receive_audio(track, self.sinks.audio.clone()));
         }
     }
-}
-
-/// Rebuilds H.264 access units from RTP and hands them on. Runs in its own task so the
-/// track's bounded event queue never fills up behind a slow decoder.
-async fn receive_video(
-    track: Arc<dyn TrackRemote>,
-    ssrc: u32,
-    sink: std::sync::mpsc::SyncSender<ReceivedMedia>,
-) {
-    let mut builder = SampleBuilder::new(512, H264Packet::default(), 90_000);
-    let mut want_keyframe = false;
-    while let Some(event) = track.poll().await {
-        match event {
-            TrackRemoteEvent::OnRtpPacket(packet) => {
-                let now = Instant::now();
-                builder.push(now, packet);
-                while let Some((sample, rtp_timestamp)) = builder.pop_with_timestamp(now) {
-                    let media = ReceivedMedia {
-                        data: sample.data,
-                        rtp_timestamp,
-                        dropped_before: sample.prev_dropped_packets,
-                    };
-                    if sink.try_send(media).is_err() {
-                        want_keyframe = true;
-                    }
-                }
-                if want_keyframe {
-                    want_keyframe = false;
-                    let pli = PictureLossIndication {
-                        sender_ssrc: 0,
-                        media_ssrc: ssrc,
-                    };
-                    let _ = track.write_rtcp(vec![Box::new(pli)]).await;
-                }
-            }
-            TrackRemoteEvent::OnEnded | TrackRemoteEvent::OnError => break,
-            _ => {}
-        }
-    }
-    tracing::debug!("remote video track ended");
-}
-
-async fn receive_audio(
-    track: Arc<dyn TrackRemote>,
-    sink: std::sync::mpsc::SyncSender<ReceivedMedia>,
-) {
-    let mut builder = SampleBuilder::new(64, OpusPacket, 48_000);
-    while let Some(event) = track.poll().await {
-        match event {
-            TrackRemoteEvent::OnRtpPacket(packet) => {
-                let now = Instant::now();
-                builder.push(now, packet);
-                while let Some((sample, rtp_timestamp)) = builder.pop_with_timestamp(now) {
-                    let _ = sink.try_send(ReceivedMedia {
-                        data: sample.data,
-                        rtp_timestamp,
-                        dropped_before: sample.prev_dropped_packets,
-                    });
-                }
-            }
-            TrackRemoteEvent::OnEnded | TrackRemoteEvent::OnError => break,
-            _ => {}
-        }
-    }
-    tracing::debug!("remote audio track ended");
 }
 
 fn h264_codec() -> RTCRtpCodec {
