@@ -8,7 +8,7 @@
 //   say        greet every stranger with this line
 //   echo       answer every stranger line with "echo: <line>" (never echoing an echo)
 // A read-only view of the state is at window.peerStream (state, matchId, role, chat,
-// system, counts, videoHidden, undoLeft, stats(), setup).
+// system, counts, videoHidden, undoLeft, setupMs, stats(), setup).
 //
 // Kinder chat (issue 12): the stranger's video stays blurred until "Show video" (unless
 // "Always show video" is set); Undo (Alt+U) for 5 s after Next; "Check my setup";
@@ -166,6 +166,9 @@
     // Block and mute.
     chatMuted: false,
     blocked: new Set(),
+    // Call setup of the current match (matched → first remote frame, ms).
+    matchedAt: null,
+    setupMs: null,
     // Check my setup.
     iceWaiters: [],
     setup: null,
@@ -400,6 +403,8 @@
     if (resumed) clearUndo();
     s.matchId = String(msg.match_id);
     s.role = msg.role === 'offerer' ? 'offerer' : 'answerer';
+    s.matchedAt = performance.now();
+    s.setupMs = null;
     s.iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
     s.commonInterests = Array.isArray(msg.common_interests) ? msg.common_interests.map(String) : [];
     s.queued = false;
@@ -926,6 +931,8 @@
   function onRemoteVideoFrame() {
     if (s.phase === 'chatting' && el.remoteVideo.videoWidth > 0) {
       el.body.classList.add('has-remote-video');
+      // Call setup as the user sees it: matched → the stranger's first frame.
+      if (s.setupMs === null && s.matchedAt !== null) s.setupMs = Math.round(performance.now() - s.matchedAt);
     }
   }
 
@@ -1492,6 +1499,7 @@
       return { video: !!localTrack('video'), audio: !!localTrack('audio'), problem: s.mediaProblem };
     },
     get connectionState() { return s.pc ? s.pc.connectionState : null; },
+    get setupMs() { return s.setupMs; },
     get counts() { return s.counts ? { ...s.counts } : null; },
     get videoHidden() { return s.phase === 'chatting' && !s.revealed; },
     get undoLeft() { return undoLeftMs(); },

@@ -1,13 +1,18 @@
 //! What the client's end-to-end tests share: the real signaling server, in-process on
 //! 127.0.0.1, so a test controls its lifetime (stop, restart on the same port); the
 //! headless peer and the desktop window under Xvfb, and waiting for them; coturn
-//! (`coturn.rs`) and Chromium over the DevTools Protocol (`cdp.rs`).
+//! (`coturn.rs`), Chromium over the DevTools Protocol (`cdp.rs`), Firefox over WebDriver
+//! BiDi (`bidi.rs`) and one page API over both (`page.rs`).
 
 #![allow(dead_code, clippy::unwrap_used)]
 
 #[cfg(target_os = "linux")]
+pub mod bidi;
+#[cfg(target_os = "linux")]
 pub mod cdp;
 pub mod coturn;
+#[cfg(target_os = "linux")]
+pub mod page;
 
 use peer_stream_server::{run, Config};
 use serde_json::Value;
