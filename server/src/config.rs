@@ -89,6 +89,12 @@ pub struct Config {
     #[arg(long, env = "PEER_STREAM_OUTBOX", default_value_t = 256)]
     pub outbox_capacity: usize,
 
+    /// How long a session whose connection was lost without a close frame waits for its
+    /// client to come back with `hello` + `resume`, keeping its match or place in the queue,
+    /// in seconds (0 = no resuming: a lost connection ends the session at once).
+    #[arg(long, env = "PEER_STREAM_RESUME_WINDOW_SECS", default_value_t = 15)]
+    pub resume_window_secs: u64,
+
     /// Allowed values of the Origin header for /ws (repeatable or comma-separated; empty = any).
     /// Requests without an Origin (native apps) are always allowed.
     #[arg(
@@ -164,6 +170,9 @@ impl Config {
     }
     pub fn heartbeat_timeout(&self) -> Duration {
         Duration::from_millis(self.heartbeat_timeout_ms.max(10))
+    }
+    pub fn resume_window(&self) -> Duration {
+        Duration::from_secs(self.resume_window_secs)
     }
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)

@@ -3,17 +3,21 @@
 //!
 //! Recoverable problems (bad JSON, a field out of bounds, a rate-limited message) get an
 //! `error` reply and the loop goes on; fatal ones (socket errors, an oversize frame, a
-//! silent peer, shutdown) end it. Either way the matchmaker hears `Disconnect`, so the
+//! silent peer, shutdown) end it. A connection lost without a close frame (reset, EOF, a
+//! silent peer, a failed write) tells the matchmaker `Detach`: the session waits for a
+//! `hello` with `resume` within the resume window. Every other end (the client's close
+//! frame, a slow reader, an oversize frame, a ban, shutdown) is a `Disconnect`, so the
 //! partner learns within a second.
 
 use crate::limits::{ConnectionSlot, TokenBucket};
-use crate::matchmaker::{random_id, Command};
+use crate::matchmaker::{random_id, Command, Registered};
 use crate::Shared;
 use futures_util::{SinkExt, StreamExt};
 use peer_stream_shared::{
     parse_client_message, ClientMessage, ErrorCode, ServerMessage, SessionId, PROTOCOL_VERSION,
 };
 use std::net::IpAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,12 +37,19 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Frames written per flush when the outbox has a backlog.
 const WRITE_BATCH: usize = 64;
 
+/// Numbers connections, so the matchmaker can tell a resumed session's new connection
+/// from its old one.
+static NEXT_CONN: AtomicU64 = AtomicU64::new(0);
+
 /// Why the loop ended; decides the close frame and what the partner is told.
 enum End {
-    /// Send this close frame, then wait briefly for the client's.
+    /// Send this close frame, then wait briefly for the client's. The session ends.
     Close(CloseCode, &'static str),
-    /// The socket is gone or stuck: just drop it.
+    /// Drop the socket; the session ends (the client's close frame, a kick, a ban).
     Drop,
+    /// The connection was lost without a close frame: drop the socket, and the session
+    /// waits for a resume.
+    Lost,
 }
 
 struct Session<S> {
@@ -46,6 +57,7 @@ struct Session<S> {
     shared: Arc<Shared>,
     ip: IpAddr,
     id: Option<SessionId>,
+    conn: u64,
     bucket: TokenBucket,
     last_seen: Instant,
 }
@@ -68,17 +80,25 @@ pub async fn serve<S>(
         ws,
         ip,
         id: None,
+        conn: NEXT_CONN.fetch_add(1, Relaxed),
         last_seen: now,
         shared: Arc::clone(&shared),
     };
     shared.metrics.connections.fetch_add(1, Relaxed);
     shared.metrics.connections_total.fetch_add(1, Relaxed);
-    let end = s.run().await;
-    if let Some(id) = s.id.take() {
-        shared
-            .matchmaker
-            .send(Command::Disconnect { session: id })
-            .await;
+    let (outbox_tx, mut outbox) = mpsc::channel::<Message>(cfg.outbox_capacity.max(1));
+    let end = s.run(outbox_tx, &mut outbox).await;
+    if let Some(session) = s.id.take() {
+        let conn = s.conn;
+        let cmd = match end {
+            End::Lost => Command::Detach {
+                session,
+                conn,
+                outbox,
+            },
+            End::Close(..) | End::Drop => Command::Disconnect { session, conn },
+        };
+        shared.matchmaker.send(cmd).await;
     }
     if let End::Close(code, reason) = end {
         s.close(code, reason).await;
@@ -90,7 +110,11 @@ impl<S> Session<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    async fn run(&mut self) -> End {
+    async fn run(
+        &mut self,
+        outbox_tx: mpsc::Sender<Message>,
+        outbox: &mut mpsc::Receiver<Message>,
+    ) -> End {
         let shared = Arc::clone(&self.shared);
         let cfg = &shared.config;
         if shared.moderation.is_banned(self.ip) {
@@ -98,7 +122,6 @@ where
                 .await;
             return End::Close(CloseCode::Policy, "banned");
         }
-        let (outbox_tx, mut outbox) = mpsc::channel::<Message>(cfg.outbox_capacity.max(1));
         let kick = CancellationToken::new();
         let mut heartbeat = tokio::time::interval(cfg.heartbeat_interval());
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -114,10 +137,11 @@ where
                 _ = kick.cancelled() => return End::Drop,
                 Some(msg) = outbox.recv() => match tokio::select! {
                     // A kick (slow reader) must not wait for a write that is stuck.
-                    r = self.write_batch(msg, &mut outbox) => r,
+                    r = self.write_batch(msg, outbox) => r,
                     _ = kick.cancelled() => None,
                 } {
-                    None => return End::Drop,
+                    None if kick.is_cancelled() => return End::Drop,
+                    None => return End::Lost,
                     Some(true) => {
                         // The matchmaker closed this connection (a ban).
                         self.drain_after_close().await;
@@ -128,7 +152,7 @@ where
                 frame = self.ws.next() => {
                     self.last_seen = Instant::now();
                     match frame {
-                        None => return End::Drop,
+                        None => return End::Lost,
                         Some(Ok(Message::Text(text))) => {
                             if let Some(end) = self.on_text(text, &mut outbox_tx, &kick).await {
                                 return end;
@@ -147,7 +171,7 @@ where
                         }
                         Some(Err(e)) => {
                             tracing::debug!(ip = %self.ip, "websocket error: {e}");
-                            return End::Drop;
+                            return End::Lost;
                         }
                     }
                 }
@@ -155,10 +179,10 @@ where
                     if self.last_seen.elapsed() >= cfg.heartbeat_timeout() {
                         tracing::debug!(ip = %self.ip, "heartbeat timeout");
                         shared.metrics.heartbeat_timeouts_total.fetch_add(1, Relaxed);
-                        return End::Drop;
+                        return End::Lost;
                     }
                     if !self.write(Message::Ping(Default::default())).await {
-                        return End::Drop;
+                        return End::Lost;
                     }
                 }
                 _ = &mut hello_deadline, if self.id.is_none() => {
@@ -192,6 +216,7 @@ where
                 version,
                 client,
                 counts,
+                resume,
             } = msg
             else {
                 self.reply_error(ErrorCode::HelloRequired, "send hello first")
@@ -206,34 +231,48 @@ where
                 .await;
                 return None;
             }
-            let session = SessionId(random_id());
-            let (online_tx, online_rx) = oneshot::channel();
+            let (reply_tx, reply_rx) = oneshot::channel();
             let outbox = outbox_tx.take()?;
+            let asked_resume = resume.is_some();
             let registered = shared
                 .matchmaker
                 .send(Command::Register {
-                    session: session.clone(),
+                    session: SessionId(random_id()),
                     ip: self.ip,
                     outbox,
                     kick: kick.clone(),
-                    online: online_tx,
+                    conn: self.conn,
+                    reply: reply_tx,
                     counts,
+                    resume,
                 })
                 .await;
-            let Ok(online) = online_rx.await else {
+            let Ok(Registered {
+                session,
+                online,
+                resume_token,
+                resumed,
+                backlog,
+            }) = reply_rx.await
+            else {
                 return Some(End::Close(CloseCode::Away, "server shutting down"));
             };
             if !registered {
                 return Some(End::Close(CloseCode::Away, "server shutting down"));
             }
-            tracing::debug!(%session, ip = %self.ip, %client, "hello");
+            tracing::debug!(%session, ip = %self.ip, %client, asked_resume, resumed, "hello");
             self.id = Some(session.clone());
             let welcome = ServerMessage::Welcome {
                 version: PROTOCOL_VERSION,
                 session_id: session,
                 online,
+                resume_token,
+                resumed,
             };
-            return (!self.write(Message::text(welcome.to_json())).await).then_some(End::Drop);
+            // What was held while the session was away follows `welcome` before anything
+            // from the outbox, so it keeps its order.
+            let frames = std::iter::once(Message::text(welcome.to_json())).chain(backlog);
+            return (!self.write_all(frames).await).then_some(End::Lost);
         };
         let cmd = match msg {
             ClientMessage::Hello { .. } => {
@@ -328,6 +367,18 @@ where
             tokio::time::timeout(WRITE_TIMEOUT, self.ws.send(msg)).await,
             Ok(Ok(()))
         )
+    }
+
+    /// Writes `frames` in order with one flush; false when that failed or timed out.
+    async fn write_all(&mut self, frames: impl Iterator<Item = Message>) -> bool {
+        let ws = &mut self.ws;
+        let work = async {
+            for msg in frames {
+                ws.feed(msg).await?;
+            }
+            ws.flush().await
+        };
+        matches!(tokio::time::timeout(WRITE_TIMEOUT, work).await, Ok(Ok(())))
     }
 
     /// Writes `first` and whatever else is already queued, with one flush. Returns

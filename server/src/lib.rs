@@ -81,6 +81,7 @@ pub async fn run(
         ice,
         Arc::clone(&metrics),
         moderation.clone(),
+        config.resume_window(),
         token.clone(),
         &tracker,
     );

@@ -64,6 +64,12 @@ pub struct Metrics {
     pub heartbeat_timeouts_total: AtomicU64,
     pub blocks_total: AtomicU64,
     pub counts_sent_total: AtomicU64,
+    /// Sessions whose connection was lost and that wait for their client to resume.
+    pub sessions_detached: AtomicI64,
+    /// `hello` with a valid `resume` token: the session came back.
+    pub sessions_resumed_total: AtomicU64,
+    /// Detached sessions whose resume window ran out (ended like a disconnect).
+    pub resume_expired_total: AtomicU64,
     undo: [AtomicU64; UndoResult::ALL.len()],
     errors: [AtomicU64; ErrorCode::ALL.len()],
     match_buckets: [AtomicU64; MATCH_BUCKETS.len()],
@@ -206,6 +212,24 @@ impl Metrics {
             "peer_stream_counts_sent_total",
             "Live counts messages sent to subscribed clients.",
             self.counts_sent_total.load(Relaxed),
+        );
+        gauge(
+            &mut o,
+            "peer_stream_sessions_detached",
+            "Sessions whose connection was lost, waiting within the resume window.",
+            self.sessions_detached.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "peer_stream_sessions_resumed_total",
+            "Sessions brought back by hello with a valid resume token.",
+            self.sessions_resumed_total.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "peer_stream_resume_expired_total",
+            "Detached sessions whose resume window ran out.",
+            self.resume_expired_total.load(Relaxed),
         );
         o.push_str("# HELP peer_stream_undo_total undo_next requests, by result.\n# TYPE peer_stream_undo_total counter\n");
         for (i, result) in UndoResult::ALL.iter().enumerate() {

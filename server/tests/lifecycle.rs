@@ -16,7 +16,11 @@ fn heartbeat_config() -> peer_stream_server::Config {
 
 #[tokio::test]
 async fn silent_partner_is_dropped_by_the_heartbeat() {
-    let server = spawn_server(heartbeat_config()).await;
+    // The heartbeat notices the silence; the session then waits out its resume window
+    // (1 s here) before the partner is told.
+    let mut cfg = heartbeat_config();
+    cfg.resume_window_secs = 1;
+    let server = spawn_server(cfg).await;
     let mut a = server.named("a").await;
     let mut b = server.named("b").await;
     let m = pair_up(&mut a, &mut b, &[]).await;

@@ -302,7 +302,10 @@ async fn closing_the_socket_tells_the_partner_disconnected() {
 
 #[tokio::test]
 async fn dropping_the_socket_tells_the_partner_disconnected() {
-    let server = spawn_server(test_config()).await;
+    // No close frame: the partner is told once the resume window (1 s here) is over.
+    let mut cfg = test_config();
+    cfg.resume_window_secs = 1;
+    let server = spawn_server(cfg).await;
     let (a, mut b, m) = matched_pair(&server).await;
     drop(a);
     b.expect_partner_left(&m.match_id, "disconnected").await;

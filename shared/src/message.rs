@@ -9,12 +9,18 @@ pub enum ClientMessage {
     /// Sent once, first, right after the WebSocket opens. Anything else before it is
     /// refused with `hello_required`. `counts: true` (optional, default false) opts in to
     /// `counts` messages: one right after `welcome`, then whenever the numbers change, at
-    /// most once a second.
+    /// most once a second. `resume` (optional) is the `resume_token` of an earlier
+    /// `welcome`: sent after a connection was lost without a close frame, to get that
+    /// session back (its match, its place in the queue, its blocks) within the server's
+    /// resume window. A token that is unknown, used or expired gets a new session
+    /// (`welcome` without `resumed`).
     Hello {
         version: u32,
         client: String,
         #[serde(default, skip_serializing_if = "is_false")]
         counts: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<String>,
     },
     /// Sent to enter the waiting queue (after `hello`, when idle). Interests are optional;
     /// the server trims and lowercases them and pairs people who share one first.
@@ -185,10 +191,19 @@ pub struct IceServer {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     /// Reply to a valid `hello`. `online` counts connected sessions, this one included.
+    /// `resume_token` (absent when the server's resume window is 0) is a fresh, single-use
+    /// secret for `hello`'s `resume` after a lost connection; every `welcome` brings a new
+    /// one. `resumed: true` (only ever present as `true`) answers a `hello` whose `resume`
+    /// brought the old session back: same `session_id`, same match or place in the queue;
+    /// what was held for it while it was away follows.
     Welcome {
         version: u32,
         session_id: SessionId,
         online: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume_token: Option<String>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        resumed: bool,
     },
     /// Sent after `join` or `next`, once the client is in the queue; `waiting` counts the
     /// people in the queue, this one included.

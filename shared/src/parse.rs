@@ -59,16 +59,21 @@ fn validate(msg: ClientMessage) -> Result<ClientMessage, ProtocolError> {
             version,
             client,
             counts,
+            resume,
         } => {
             if client.chars().count() > MAX_CLIENT_NAME_CHARS {
                 return Err(ProtocolError::invalid(format!(
                     "client must be at most {MAX_CLIENT_NAME_CHARS} characters"
                 )));
             }
+            if let Some(token) = &resume {
+                check_id("resume", token)?;
+            }
             Ok(ClientMessage::Hello {
                 version,
                 client,
                 counts,
+                resume,
             })
         }
         ClientMessage::Join { interests } => Ok(ClientMessage::Join {
@@ -182,7 +187,7 @@ impl std::io::Write for ByteCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{MatchId, ServerMessage};
+    use crate::{MatchId, ServerMessage, SessionId};
     use proptest::prelude::*;
 
     fn code(text: &str) -> ErrorCode {
@@ -210,6 +215,8 @@ mod tests {
             r#"{"type":"block","match_id":"m"}"#,
             r#"{"type":"next","reason":"connection_failed"}"#,
             r#"{"type":"call_report","match_id":"m","path":"relay","setup_ms":850}"#,
+            r#"{"type":"hello","version":1,"client":"t/1","resume":"0123abcd"}"#,
+            r#"{"type":"hello","version":1,"client":"t/1","resume":null}"#,
         ];
         for c in cases {
             assert!(parse_client_message(c).is_ok(), "{c}");
@@ -234,6 +241,20 @@ mod tests {
             code(r#"{"type":"hello","version":1,"client":"c","counts":"yes"}"#),
             ErrorCode::Invalid
         );
+        // `resume`: a string of 1..=64 characters; null is the same as absent.
+        assert_eq!(
+            code(r#"{"type":"hello","version":1,"client":"c","resume":7}"#),
+            ErrorCode::Invalid
+        );
+        assert_eq!(
+            code(r#"{"type":"hello","version":1,"client":"c","resume":""}"#),
+            ErrorCode::Invalid
+        );
+        let long = format!(
+            r#"{{"type":"hello","version":1,"client":"c","resume":"{}"}}"#,
+            "x".repeat(65)
+        );
+        assert_eq!(code(&long), ErrorCode::Invalid);
         assert_eq!(code(r#"{"type":"block"}"#), ErrorCode::Invalid);
         assert_eq!(
             code(r#"{"type":"block","match_id":""}"#),
@@ -399,6 +420,34 @@ mod tests {
             unknown,
             ServerMessage::error(ErrorCode::Other, "x"),
             "unknown error codes map to Other"
+        );
+        // An old `welcome` (no resume fields) still reads; the new fields are left out
+        // when unset, so old clients see exactly what they saw before.
+        let old: ServerMessage =
+            serde_json::from_str(r#"{"type":"welcome","version":1,"session_id":"s","online":2}"#)
+                .expect("old welcome");
+        assert!(matches!(
+            old,
+            ServerMessage::Welcome {
+                resume_token: None,
+                resumed: false,
+                ..
+            }
+        ));
+        assert_eq!(
+            old.to_json(),
+            r#"{"type":"welcome","version":1,"session_id":"s","online":2}"#
+        );
+        let resumed = ServerMessage::Welcome {
+            version: 1,
+            session_id: SessionId::from("s"),
+            online: 2,
+            resume_token: Some("t".into()),
+            resumed: true,
+        };
+        assert_eq!(
+            resumed.to_json(),
+            r#"{"type":"welcome","version":1,"session_id":"s","online":2,"resume_token":"t","resumed":true}"#
         );
     }
 

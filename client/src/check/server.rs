@@ -62,6 +62,7 @@ async fn probe_inner(url: &str) -> anyhow::Result<ServerProbe> {
         version: PROTOCOL_VERSION,
         client: format!("peer-stream/{} setup-check", env!("CARGO_PKG_VERSION")),
         counts: false,
+        resume: None,
     };
     ws.send(Message::text(hello.to_json())).await?;
     loop {

@@ -426,6 +426,7 @@ impl Session {
                     version: peer_stream_shared::PROTOCOL_VERSION,
                     client: self.client_name.clone(),
                     counts: true,
+                    resume: None,
                 });
             }
             Input::ServerLost => {
@@ -647,6 +648,8 @@ mod tests {
             version: 1,
             session_id: "me".into(),
             online: 3,
+            resume_token: None,
+            resumed: false,
         }));
         drain(&mut s);
         s
@@ -678,6 +681,8 @@ mod tests {
             version: 1,
             session_id: "x".into(),
             online: 1,
+            resume_token: None,
+            resumed: false,
         }));
         assert_eq!(
             sends(&drain(&mut s)),
@@ -813,6 +818,8 @@ mod tests {
             version: 1,
             session_id: "again".into(),
             online: 1,
+            resume_token: None,
+            resumed: false,
         }));
         let msgs = sends(&drain(&mut s));
         assert!(matches!(msgs[0], ClientMessage::Hello { .. }));
@@ -891,13 +898,16 @@ mod tests {
             vec![ClientMessage::Hello {
                 version: 1,
                 client: "test/1".into(),
-                counts: true
+                counts: true,
+                resume: None,
             }]
         );
         s.handle(Input::Server(ServerMessage::Welcome {
             version: 1,
             session_id: "me".into(),
             online: 3,
+            resume_token: None,
+            resumed: false,
         }));
         assert!(drain(&mut s).contains(&Output::Notify(Notice::Counts {
             online: Some(3),
@@ -988,6 +998,8 @@ mod tests {
             version: 1,
             session_id: "me".into(),
             online: 2,
+            resume_token: None,
+            resumed: false,
         }));
         in_call(&mut s, "m1");
         s.handle(Input::Server(ServerMessage::PartnerLeft {

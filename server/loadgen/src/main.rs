@@ -1086,6 +1086,7 @@ impl Msgs {
                 version: PROTOCOL_VERSION,
                 client: CLIENT_NAME.to_string(),
                 counts: false,
+                resume: None,
             }
             .to_json()
             .into(),

@@ -14,8 +14,9 @@ use crate::moderation::{Moderation, Report};
 use peer_stream_shared::{
     CallPath, ErrorCode, MatchId, NextReason, PartnerLeftReason, Role, ServerMessage, SessionId,
 };
-use queue::{MatchQueue, Pair};
-use std::collections::{HashMap, VecDeque};
+use queue::{MatchQueue, Pair, Parked};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -38,17 +39,45 @@ pub const COUNTS_INTERVAL: Duration = Duration::from_secs(1);
 /// Frames queued for one connection's socket.
 pub type Outbox = mpsc::Sender<Message>;
 
+/// While a session is detached (its connection lost, within the resume window), at most
+/// this many relayed frames (`signal`, `chat`, `typing`) are held for it…
+pub const RESUME_BACKLOG_FRAMES: usize = 128;
+/// … taking at most this many bytes; a relay beyond either bound is dropped and its
+/// sender gets `error` `rate_limited` (PROTOCOL.md, "Resuming a session").
+pub const RESUME_BACKLOG_BYTES: usize = 1024 * 1024;
+
+/// What the matchmaker answers a `Register`: the session the connection now serves and
+/// what its `welcome` says.
+#[derive(Debug)]
+pub struct Registered {
+    /// The new session, or the old one when `resumed`.
+    pub session: SessionId,
+    pub online: u64,
+    /// The secret for the next `resume` (`None` when resuming is off).
+    pub resume_token: Option<String>,
+    pub resumed: bool,
+    /// Frames held for the session while it was detached, oldest first: the connection
+    /// writes them right after `welcome`, before anything from its outbox.
+    pub backlog: Vec<Message>,
+}
+
 /// What connections (and report tasks) ask of the matchmaker.
 #[derive(Debug)]
 pub enum Command {
+    /// A `hello`: a new session (`session`, chosen by the connection), or, when `resume`
+    /// names a live session's token, that session moved onto this connection.
     Register {
         session: SessionId,
         ip: IpAddr,
         outbox: Outbox,
         kick: CancellationToken,
-        online: oneshot::Sender<u64>,
+        /// Tells this connection apart from earlier ones of the same (resumed) session.
+        conn: u64,
+        reply: oneshot::Sender<Registered>,
         /// The `hello` asked for live `counts` messages.
         counts: bool,
+        /// The `hello`'s `resume` token.
+        resume: Option<String>,
     },
     Join {
         session: SessionId,
@@ -73,8 +102,20 @@ pub enum Command {
         match_id: MatchId,
         reason: String,
     },
+    /// The connection `conn` ended for good: a close frame from the client, a slow
+    /// reader, a protocol violation, a ban, shutdown. The session ends at once (unless a
+    /// resume already moved it to another connection).
     Disconnect {
         session: SessionId,
+        conn: u64,
+    },
+    /// The connection `conn` was lost without a close frame (reset, EOF, heartbeat
+    /// timeout, failed write): the session is detached and waits for a resume within the
+    /// window. `outbox` hands back what was queued for it but never written.
+    Detach {
+        session: SessionId,
+        conn: u64,
+        outbox: mpsc::Receiver<Message>,
     },
     /// Bring back the partner skipped by this session's last `next` (within [`UNDO_WINDOW`]).
     UndoNext {
@@ -147,10 +188,34 @@ struct CountsSent {
     at: Instant,
 }
 
+/// Where a session's frames go.
+enum Link {
+    /// A connection serves it.
+    Live {
+        outbox: Outbox,
+        kick: CancellationToken,
+        conn: u64,
+    },
+    /// Its connection was lost; frames wait here until a resume or the window's end.
+    Away(Box<Detached>),
+}
+
+struct Detached {
+    until: Instant,
+    backlog: VecDeque<Message>,
+    /// Relayed frames (and their bytes) in `backlog`, bounded by [`RESUME_BACKLOG_FRAMES`]
+    /// and [`RESUME_BACKLOG_BYTES`].
+    relayed: usize,
+    relayed_bytes: usize,
+    /// Its place in the queue, when it was waiting.
+    parked: Option<Parked>,
+}
+
 struct Conn {
     ip: IpAddr,
-    outbox: Outbox,
-    kick: CancellationToken,
+    link: Link,
+    /// The secret that moves this session onto a new connection (single use).
+    resume_token: Option<String>,
     state: State,
     interests: Vec<String>,
     /// Set by a `next` that ended a match; taken by `undo_next`, dropped by `leave`.
@@ -183,14 +248,23 @@ pub struct Matchmaker {
     /// newer ones (a fresh subscriber, or one skipped because it got counts < 1 s ago).
     counts_last: (u64, u64),
     counts_dirty: bool,
+    /// How long a detached session waits for a resume (zero: sessions never detach).
+    resume_window: Duration,
+    /// Live resume tokens → their session.
+    tokens: HashMap<String, SessionId>,
+    /// When detached sessions' windows end (stale entries are skipped when popped).
+    expiries: BinaryHeap<Reverse<(Instant, SessionId)>>,
 }
 
 /// Starts the matchmaker task; it stops when `shutdown` is cancelled.
+/// A lost connection's session waits `resume_window` for its client to come back.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     queue: MatchQueue,
     ice: IceConfig,
     metrics: Arc<Metrics>,
     moderation: Moderation,
+    resume_window: Duration,
     shutdown: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> MatchmakerHandle {
@@ -206,6 +280,9 @@ pub fn spawn(
         count_subscribers: 0,
         counts_last: (0, 0),
         counts_dirty: false,
+        resume_window,
+        tokens: HashMap::new(),
+        expiries: BinaryHeap::new(),
     };
     tracker.spawn(mm.run(rx, shutdown));
     MatchmakerHandle { tx }
@@ -246,6 +323,9 @@ impl Matchmaker {
                         self.start_match(pair);
                     }
                 }
+                _ = sleep_until_opt(self.expiries.peek().map(|Reverse((at, _))| *at)) => {
+                    self.expire(Instant::now());
+                }
                 at = counts_tick.tick() => self.send_counts(at.into_std()),
             }
             self.metrics.waiting.store(self.queue.len() as i64, Relaxed);
@@ -260,48 +340,18 @@ impl Matchmaker {
                 ip,
                 outbox,
                 kick,
-                online,
+                conn,
+                reply,
                 counts,
+                resume,
             } => {
-                // Banned between its connection check and its hello (an operator's ban).
-                let banned = self.moderation.is_banned(ip);
-                let numbers = (self.conns.len() as u64 + 1, self.queue.len() as u64);
-                self.conns.insert(
-                    session.clone(),
-                    Conn {
-                        ip,
-                        outbox,
-                        kick,
-                        state: State::Idle,
-                        interests: Vec::new(),
-                        recent_matches: VecDeque::with_capacity(REPORTABLE_MATCHES),
-                        undo: None,
-                        stopped: false,
-                        counts: counts.then(|| CountsSent {
-                            numbers,
-                            at: Instant::now(),
-                        }),
-                    },
-                );
-                self.metrics
-                    .sessions
-                    .store(self.conns.len() as i64, Relaxed);
-                let _ = online.send(self.conns.len() as u64);
-                if banned {
-                    self.close_banned(&session, "this address is banned");
-                } else if counts {
-                    // The connection task writes `welcome` itself before it reads its
-                    // outbox again, so this lands right after `welcome` on the wire.
-                    self.count_subscribers += 1;
-                    self.counts_dirty = true;
-                    self.metrics.counts_sent_total.fetch_add(1, Relaxed);
-                    self.send(
-                        &session,
-                        &ServerMessage::Counts {
-                            online: numbers.0,
-                            waiting: numbers.1,
-                        },
-                    );
+                let link = Link::Live { outbox, kick, conn };
+                let fresh = match resume.and_then(|token| self.tokens.remove(&token)) {
+                    Some(old) => self.resume(old, ip, link, counts, reply),
+                    None => Some((link, reply)),
+                };
+                if let Some((link, reply)) = fresh {
+                    self.register(session, ip, link, counts, reply);
                 }
             }
             Command::Join { session, interests } => self.join(session, interests),
@@ -326,18 +376,16 @@ impl Matchmaker {
                 match_id,
                 reason,
             } => self.report(session, match_id, reason),
-            Command::Disconnect { session } => {
-                self.end_current(&session, PartnerLeftReason::Disconnected);
-                self.queue.forget(&session);
-                if let Some(c) = self.conns.remove(&session) {
-                    if c.counts.is_some() {
-                        self.count_subscribers = self.count_subscribers.saturating_sub(1);
-                    }
+            Command::Disconnect { session, conn } => {
+                if self.serves(&session, conn) {
+                    self.end_session(&session);
                 }
-                self.metrics
-                    .sessions
-                    .store(self.conns.len() as i64, Relaxed);
             }
+            Command::Detach {
+                session,
+                conn,
+                outbox,
+            } => self.detach(session, conn, outbox),
             Command::UndoNext { session } => self.undo_next(session),
             Command::CallReport {
                 session,
@@ -375,8 +423,258 @@ impl Matchmaker {
         }
     }
 
-    /// Error `banned`, then close 1008: the connection ends once both are written.
+    /// A new session: `welcome` (through `reply`), then `counts` when asked for.
+    fn register(
+        &mut self,
+        session: SessionId,
+        ip: IpAddr,
+        link: Link,
+        counts: bool,
+        reply: oneshot::Sender<Registered>,
+    ) {
+        // Banned between its connection check and its hello (an operator's ban).
+        let banned = self.moderation.is_banned(ip);
+        let numbers = (self.conns.len() as u64 + 1, self.queue.len() as u64);
+        let resume_token = if banned {
+            None
+        } else {
+            self.new_token(&session)
+        };
+        self.conns.insert(
+            session.clone(),
+            Conn {
+                ip,
+                link,
+                resume_token: resume_token.clone(),
+                state: State::Idle,
+                interests: Vec::new(),
+                recent_matches: VecDeque::with_capacity(REPORTABLE_MATCHES),
+                undo: None,
+                stopped: false,
+                counts: None,
+            },
+        );
+        self.metrics
+            .sessions
+            .store(self.conns.len() as i64, Relaxed);
+        let _ = reply.send(Registered {
+            session: session.clone(),
+            online: self.conns.len() as u64,
+            resume_token,
+            resumed: false,
+            backlog: Vec::new(),
+        });
+        if banned {
+            self.close_banned(&session, "this address is banned");
+        } else {
+            self.subscribe_counts(&session, counts, numbers);
+        }
+    }
+
+    /// `hello` with the token of `session`: moves the session onto the new connection
+    /// `link` (a connection still serving it is dropped: the client already gave up on
+    /// it), hands the connection what was held while it was away and a fresh token, and
+    /// puts a parked waiter back in its place. The partner hears nothing. Returns the
+    /// connection back when it must start a new session instead (the address is banned:
+    /// the old session then ends at once, like a disconnect).
+    fn resume(
+        &mut self,
+        session: SessionId,
+        ip: IpAddr,
+        link: Link,
+        counts: bool,
+        reply: oneshot::Sender<Registered>,
+    ) -> Option<(Link, oneshot::Sender<Registered>)> {
+        if !self.conns.contains_key(&session) {
+            return Some((link, reply));
+        }
+        if self.moderation.is_banned(ip) {
+            self.end_session(&session);
+            return Some((link, reply));
+        }
+        let numbers = (self.conns.len() as u64, self.queue.len() as u64);
+        let resume_token = self.new_token(&session);
+        let c = self.conns.get_mut(&session)?;
+        c.ip = ip;
+        if let Some(old) = std::mem::replace(&mut c.resume_token, resume_token.clone()) {
+            self.tokens.remove(&old);
+        }
+        let (backlog, parked) = match std::mem::replace(&mut c.link, link) {
+            Link::Live { kick, .. } => {
+                // Its old connection looked alive to us, not to the client: drop it. Its
+                // `Disconnect` names a connection that no longer serves the session.
+                kick.cancel();
+                (Vec::new(), None)
+            }
+            Link::Away(d) => {
+                self.metrics.sessions_detached.fetch_sub(1, Relaxed);
+                (Vec::from(d.backlog), d.parked)
+            }
+        };
+        let waiting = c.state == State::Waiting;
+        self.metrics.sessions_resumed_total.fetch_add(1, Relaxed);
+        tracing::debug!(%session, held = backlog.len(), "session resumed");
+        let _ = reply.send(Registered {
+            session: session.clone(),
+            online: self.conns.len() as u64,
+            resume_token,
+            resumed: true,
+            backlog,
+        });
+        self.subscribe_counts(&session, counts, numbers);
+        if let Some(parked) = parked.filter(|_| waiting) {
+            if let Some(pair) = self.queue.unpark(session, parked, Instant::now()) {
+                self.start_match(pair);
+            }
+        }
+        None
+    }
+
+    /// A fresh resume token for `session` (none when resuming is off).
+    fn new_token(&mut self, session: &SessionId) -> Option<String> {
+        if self.resume_window.is_zero() {
+            return None;
+        }
+        let token = new_id();
+        self.tokens.insert(token.clone(), session.clone());
+        Some(token)
+    }
+
+    /// Sets whether `session` gets live counts (as its latest `hello` asked) and, if so,
+    /// queues the first one: the connection writes `welcome` before it reads its outbox.
+    fn subscribe_counts(&mut self, session: &SessionId, counts: bool, numbers: (u64, u64)) {
+        let Some(c) = self.conns.get_mut(session) else {
+            return;
+        };
+        let was = c.counts.is_some();
+        c.counts = counts.then(|| CountsSent {
+            numbers,
+            at: Instant::now(),
+        });
+        match (was, counts) {
+            (false, true) => self.count_subscribers += 1,
+            (true, false) => self.count_subscribers = self.count_subscribers.saturating_sub(1),
+            _ => {}
+        }
+        if counts {
+            self.counts_dirty = true;
+            self.metrics.counts_sent_total.fetch_add(1, Relaxed);
+            self.send(
+                session,
+                &ServerMessage::Counts {
+                    online: numbers.0,
+                    waiting: numbers.1,
+                },
+            );
+        }
+    }
+
+    /// Whether the connection `conn` is the one serving `session`.
+    fn serves(&self, session: &SessionId, conn: u64) -> bool {
+        matches!(
+            self.conns.get(session).map(|c| &c.link),
+            Some(Link::Live { conn: c, .. }) if *c == conn
+        )
+    }
+
+    /// The connection `conn` of `session` was lost without a close frame: the session
+    /// keeps its match (or its place in the queue, parked), holds what is sent to it, and
+    /// ends when the resume window does. Without resuming it ends at once.
+    fn detach(&mut self, session: SessionId, conn: u64, mut outbox: mpsc::Receiver<Message>) {
+        if !self.serves(&session, conn) {
+            return;
+        }
+        let resumable = self
+            .conns
+            .get(&session)
+            .is_some_and(|c| c.resume_token.is_some());
+        if !resumable {
+            self.end_session(&session);
+            return;
+        }
+        // What was queued for the lost connection but never written comes first.
+        outbox.close();
+        let mut backlog = VecDeque::new();
+        while let Ok(msg) = outbox.try_recv() {
+            if !matches!(msg, Message::Close(_)) {
+                backlog.push_back(msg);
+            }
+        }
+        let until = Instant::now() + self.resume_window;
+        let Some(c) = self.conns.get_mut(&session) else {
+            return;
+        };
+        let parked = if c.state == State::Waiting {
+            self.queue.park(&session)
+        } else {
+            None
+        };
+        c.link = Link::Away(Box::new(Detached {
+            until,
+            backlog,
+            relayed: 0,
+            relayed_bytes: 0,
+            parked,
+        }));
+        self.metrics.sessions_detached.fetch_add(1, Relaxed);
+        tracing::debug!(%session, "connection lost; waiting for a resume");
+        self.expiries.push(Reverse((until, session)));
+    }
+
+    /// Ends the detached sessions whose resume window is over, like disconnects.
+    fn expire(&mut self, now: Instant) {
+        while self
+            .expiries
+            .peek()
+            .is_some_and(|Reverse((at, _))| *at <= now)
+        {
+            let Some(Reverse((at, session))) = self.expiries.pop() else {
+                break;
+            };
+            // A session that resumed (and maybe detached again since) is not due.
+            let due = matches!(
+                self.conns.get(&session).map(|c| &c.link),
+                Some(Link::Away(d)) if d.until == at
+            );
+            if due {
+                self.metrics.resume_expired_total.fetch_add(1, Relaxed);
+                tracing::debug!(%session, "resume window over");
+                self.end_session(&session);
+            }
+        }
+    }
+
+    /// The session is over: its partner gets `partner_left` `disconnected`, it leaves
+    /// the queue, its blocks and its token are dropped.
+    fn end_session(&mut self, session: &SessionId) {
+        self.end_current(session, PartnerLeftReason::Disconnected);
+        self.queue.forget(session);
+        if let Some(c) = self.conns.remove(session) {
+            if c.counts.is_some() {
+                self.count_subscribers = self.count_subscribers.saturating_sub(1);
+            }
+            if let Some(token) = c.resume_token {
+                self.tokens.remove(&token);
+            }
+            if matches!(c.link, Link::Away(_)) {
+                self.metrics.sessions_detached.fetch_sub(1, Relaxed);
+            }
+        }
+        self.metrics
+            .sessions
+            .store(self.conns.len() as i64, Relaxed);
+    }
+
+    /// Error `banned`, then close 1008: the connection ends once both are written. A
+    /// detached session just ends (it would be refused on its way back anyway).
     fn close_banned(&mut self, session: &SessionId, message: &str) {
+        if matches!(
+            self.conns.get(session).map(|c| &c.link),
+            Some(Link::Away(_))
+        ) {
+            self.end_session(session);
+            return;
+        }
         self.send_error(session, ErrorCode::Banned, message);
         self.deliver(
             session,
@@ -460,6 +758,9 @@ impl Matchmaker {
         let partner = ticket.partner;
         let refusal = match self.conns.get(&partner) {
             None => Some((UndoResult::Gone, "the stranger has left")),
+            Some(p) if matches!(p.link, Link::Away(_)) => {
+                Some((UndoResult::Gone, "the stranger's connection dropped"))
+            }
             Some(p) if p.stopped && p.state == State::Idle => {
                 Some((UndoResult::Gone, "the stranger has stopped"))
             }
@@ -583,7 +884,9 @@ impl Matchmaker {
         );
         let mut sent = 0;
         for (session, conn) in &mut self.conns {
-            let Some(last) = conn.counts.as_mut() else {
+            // A detached subscriber gets fresh counts when it resumes.
+            let (Some(last), Link::Live { outbox, kick, .. }) = (conn.counts.as_mut(), &conn.link)
+            else {
                 continue;
             };
             if last.numbers == numbers {
@@ -596,7 +899,7 @@ impl Matchmaker {
             last.numbers = numbers;
             last.at = at;
             sent += 1;
-            push(conn, session, msg.clone(), &self.metrics);
+            push(outbox, kick, session, msg.clone(), &self.metrics);
         }
         self.metrics.counts_sent_total.fetch_add(sent, Relaxed);
     }
@@ -609,6 +912,16 @@ impl Matchmaker {
         };
         conn.state = State::Waiting;
         let interests = conn.interests.clone();
+        if let Link::Away(d) = &mut conn.link {
+            // Its connection is lost: it gets a place in the queue, parked, so nobody is
+            // paired with it unless it resumes.
+            if d.parked.is_none() {
+                d.parked = Some(self.queue.parked_at_back(interests, Instant::now()));
+            }
+            let waiting = self.queue.len() as u64 + 1;
+            self.send(&session, &ServerMessage::Queued { waiting });
+            return;
+        }
         let already = self.queue.contains(&session);
         let waiting = self.queue.len() as u64 + u64::from(!already);
         self.send(&session, &ServerMessage::Queued { waiting });
@@ -742,8 +1055,16 @@ impl Matchmaker {
             });
         match partner {
             Some(partner) => {
-                self.metrics.messages_relayed.fetch_add(1, Relaxed);
-                self.deliver(&partner, Message::Text(frame));
+                if self.deliver_relay(&partner, frame) {
+                    self.metrics.messages_relayed.fetch_add(1, Relaxed);
+                } else {
+                    let message = format!(
+                        "not delivered: the stranger's connection dropped and is coming back; \
+                         at most {RESUME_BACKLOG_FRAMES} messages ({} KiB) are held for them",
+                        RESUME_BACKLOG_BYTES / 1024
+                    );
+                    self.send_error(&session, ErrorCode::RateLimited, &message);
+                }
             }
             None => self.send_error(
                 &session,
@@ -823,23 +1144,65 @@ impl Matchmaker {
     }
 
     /// Queues a frame for a session. A full outbox means the client stopped reading:
-    /// it is disconnected rather than buffered without bound.
+    /// it is disconnected rather than buffered without bound. A detached session holds
+    /// the frame until it resumes (a close frame is not held: nothing is left to close).
     fn deliver(&mut self, session: &SessionId, msg: Message) {
-        if let Some(conn) = self.conns.get(session) {
-            push(conn, session, msg, &self.metrics);
+        let Some(conn) = self.conns.get_mut(session) else {
+            return;
+        };
+        match &mut conn.link {
+            Link::Live { outbox, kick, .. } => push(outbox, kick, session, msg, &self.metrics),
+            Link::Away(d) => {
+                if !matches!(msg, Message::Close(_)) {
+                    d.backlog.push_back(msg);
+                }
+            }
+        }
+    }
+
+    /// [`Self::deliver`] for a relayed frame: a detached session holds at most
+    /// [`RESUME_BACKLOG_FRAMES`] of them in [`RESUME_BACKLOG_BYTES`]; false when the
+    /// frame was dropped because that is full.
+    fn deliver_relay(&mut self, session: &SessionId, frame: Utf8Bytes) -> bool {
+        let Some(conn) = self.conns.get_mut(session) else {
+            return true;
+        };
+        match &mut conn.link {
+            Link::Live { outbox, kick, .. } => {
+                push(outbox, kick, session, Message::Text(frame), &self.metrics);
+                true
+            }
+            Link::Away(d) => {
+                let bytes = frame.as_str().len();
+                if d.relayed >= RESUME_BACKLOG_FRAMES
+                    || d.relayed_bytes + bytes > RESUME_BACKLOG_BYTES
+                {
+                    return false;
+                }
+                d.relayed += 1;
+                d.relayed_bytes += bytes;
+                d.backlog.push_back(Message::Text(frame));
+                true
+            }
         }
     }
 }
 
 /// Queues a frame in one connection's outbox; a full outbox kicks the connection.
-fn push(conn: &Conn, session: &SessionId, msg: Message, metrics: &Metrics) {
-    match conn.outbox.try_send(msg) {
+fn push(
+    outbox: &Outbox,
+    kick: &CancellationToken,
+    session: &SessionId,
+    msg: Message,
+    metrics: &Metrics,
+) {
+    match outbox.try_send(msg) {
         Ok(()) => {}
         Err(mpsc::error::TrySendError::Full(_)) => {
-            if !conn.kick.is_cancelled() {
+            if !kick.is_cancelled() {
                 tracing::info!(%session, "disconnecting a slow reader");
                 metrics.slow_readers_total.fetch_add(1, Relaxed);
-                conn.kick.cancel();
+                kick.cancel();
             }
         }
         Err(mpsc::error::TrySendError::Closed(_)) => {}

@@ -22,6 +22,16 @@ struct Waiter {
     since: Instant,
 }
 
+/// A waiter taken out of the queue while its connection is away (see
+/// [`MatchQueue::park`]): it keeps its arrival number and waiting time, so
+/// [`MatchQueue::unpark`] puts it back in its old place.
+#[derive(Clone, Debug)]
+pub struct Parked {
+    seq: u64,
+    interests: Vec<String>,
+    since: Instant,
+}
+
 /// Two sessions the queue paired. `first` waited longer than `second`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pair {
@@ -132,6 +142,51 @@ impl MatchQueue {
             Some(seq) => self.waiters.remove(&seq).is_some(),
             None => false,
         }
+    }
+
+    /// Takes a waiting `session` out of the queue without losing its place: nobody is
+    /// paired with it until [`MatchQueue::unpark`]. `None` if it was not waiting.
+    pub fn park(&mut self, session: &SessionId) -> Option<Parked> {
+        let seq = self.by_session.remove(session)?;
+        self.version += 1;
+        let w = self.waiters.remove(&seq)?;
+        Some(Parked {
+            seq,
+            interests: w.interests,
+            since: w.since,
+        })
+    }
+
+    /// A parked entry for a session that was not waiting: it gets the place at the back
+    /// of the queue it would have had if it had joined `now`.
+    pub fn parked_at_back(&mut self, interests: Vec<String>, now: Instant) -> Parked {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Parked {
+            seq,
+            interests,
+            since: now,
+        }
+    }
+
+    /// Puts a parked session back in its old place (ahead of everyone who came after it)
+    /// and pairs it at once if a compatible waiter exists. Nothing happens if the session
+    /// is already waiting.
+    pub fn unpark(&mut self, session: SessionId, parked: Parked, now: Instant) -> Option<Pair> {
+        if self.by_session.contains_key(&session) || self.waiters.contains_key(&parked.seq) {
+            return None;
+        }
+        self.version += 1;
+        self.by_session.insert(session.clone(), parked.seq);
+        self.waiters.insert(
+            parked.seq,
+            Waiter {
+                session,
+                interests: parked.interests,
+                since: parked.since,
+            },
+        );
+        self.match_one(parked.seq, now)
     }
 
     /// Records that `a` and `b` skipped each other: they are not paired again for the cooldown.
@@ -365,6 +420,33 @@ mod tests {
         assert_eq!((p.first.clone(), p.second.clone()), (s(2), s(3)));
         assert_eq!(p.common_interests, tags(&["rust"]));
         assert_eq!(q.waiting().cloned().collect::<Vec<_>>(), vec![s(1)]);
+    }
+
+    #[test]
+    fn a_parked_waiter_is_skipped_and_gets_its_place_back() {
+        let t0 = Instant::now();
+        let mut q = MatchQueue::new(FB, CD);
+        assert_eq!(q.push(s(1), tags(&["a"]), t0), None);
+        assert_eq!(q.push(s(2), tags(&["b"]), t0), None);
+        let parked = q.park(&s(1)).expect("s1 was waiting");
+        assert!(q.park(&s(1)).is_none(), "parked once");
+        assert!(!q.contains(&s(1)));
+        assert_eq!(q.len(), 1);
+        // Nobody is paired with a parked waiter.
+        assert_eq!(q.push(s(3), tags(&["a"]), t0), None);
+        assert_eq!(q.park(&s(3)).map(|_| ()), Some(()));
+        // Back in its old place: ahead of s2, so a newcomer sharing both interests gets s1.
+        assert_eq!(q.unpark(s(1), parked, t0), None);
+        let p = q.push(s(4), tags(&["b", "a"]), t0).expect("pair");
+        assert_eq!((p.first, p.second), (s(1), s(4)));
+        assert_eq!(p.common_interests, tags(&["a"]));
+        // Unparking pairs at once when someone compatible waits.
+        let late = q.parked_at_back(vec![], t0);
+        let p = q
+            .unpark(s(5), late, t0 + FB)
+            .expect("s2 is open to anyone by now");
+        assert_eq!((p.first, p.second), (s(2), s(5)));
+        assert!(q.is_empty());
     }
 
     #[test]
