@@ -1,6 +1,7 @@
 //! The only modules that speak to the network: the signaling WebSocket and the WebRTC
 //! peer connection.
 
+pub mod assembler;
 pub mod gather;
 pub mod keyframe;
 pub mod peer;
