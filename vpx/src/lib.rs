@@ -218,7 +218,7 @@ impl Encoder {
     /// this picture; real-time mode never holds frames back).
     pub fn encode(
         &mut self,
-        i420: &mut [u8],
+        i420: &[u8],
         pts_ms: i64,
         force_keyframe: bool,
     ) -> Result<Vec<Packet>> {
@@ -233,7 +233,9 @@ impl Encoder {
         // SAFETY: zeroed storage for `vpx_img_wrap` to fill in.
         let mut img: ffi::vpx_image_t = unsafe { MaybeUninit::zeroed().assume_init() };
         // SAFETY: the buffer holds a whole w×h I420 picture (checked above) and outlives
-        // the image, which is used only within this call; libvpx only reads it.
+        // the image, which is used only within this call. The pointer is `*mut` only
+        // because `vpx_image_t` is shared with the decoder: the encoder never writes
+        // through the planes of a picture it is given.
         let wrapped = unsafe {
             ffi::vpx_img_wrap(
                 &mut img,
@@ -241,7 +243,7 @@ impl Encoder {
                 w as c_uint,
                 h as c_uint,
                 1,
-                i420.as_mut_ptr(),
+                i420.as_ptr().cast_mut(),
             )
         };
         if wrapped.is_null() {
@@ -475,7 +477,7 @@ mod tests {
         let mut decoded = 0;
         let mut keyframes = 0;
         for t in 0..30 {
-            let mut pic = picture(w as usize, h as usize, t);
+            let pic = picture(w as usize, h as usize, t);
             for p in enc
                 .encode(&mut pic, t as i64 * 33, t == 20)
                 .expect("encode")
@@ -514,13 +516,13 @@ mod tests {
         assert!(Encoder::new(EncoderConfig::new(Codec::Vp8, 0, 480, 30, 500_000)).is_err());
         let mut enc =
             Encoder::new(EncoderConfig::new(Codec::Vp8, 64, 64, 30, 100_000)).expect("encoder");
-        assert!(enc.encode(&mut [0u8; 10], 0, false).is_err());
+        assert!(enc.encode(&[0u8; 10], 0, false).is_err());
         let mut dec = Decoder::new(Codec::Vp8).expect("decoder");
         assert!(dec.decode(&[]).is_err());
         assert!(dec.decode(&[0xff; 64]).is_err());
         // Garbage after a failure does not poison the decoder for a real keyframe.
-        let mut pic = picture(64, 64, 0);
-        let p = enc.encode(&mut pic, 0, true).expect("encode");
+        let pic = picture(64, 64, 0);
+        let p = enc.encode(&pic, 0, true).expect("encode");
         assert!(dec.decode(&p[0].data).expect("keyframe decodes").is_some());
     }
 
@@ -530,8 +532,8 @@ mod tests {
             Encoder::new(EncoderConfig::new(Codec::Vp8, 160, 120, 30, 300_000)).expect("encoder");
         enc.set_bitrate(100_000).expect("set bitrate");
         assert_eq!(enc.config().bitrate_bps, 100_000);
-        let mut pic = picture(160, 120, 1);
-        assert!(!enc.encode(&mut pic, 0, false).expect("encode").is_empty());
+        let pic = picture(160, 120, 1);
+        assert!(!enc.encode(&pic, 0, false).expect("encode").is_empty());
     }
 
     #[test]
