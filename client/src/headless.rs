@@ -59,9 +59,10 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Success as the exit code reports it: met someone and decoded their video.
+    /// Success as the exit code reports it: met someone and decoded their video or
+    /// their audio (a call with a partner that shares no video codec is audio only).
     pub fn success(&self) -> bool {
-        self.matches >= 1 && self.frames_decoded > 0
+        self.matches >= 1 && (self.frames_decoded > 0 || self.audio_frames_decoded > 0)
     }
 }
 

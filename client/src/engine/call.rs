@@ -9,8 +9,8 @@
 //! before publishing, so a frame of an old match never reaches the screen.
 
 use super::stats::Counters;
-use crate::media::codec::h264::{H264Decoder, H264Encoder};
 use crate::media::codec::opus::{OpusDecoder, OpusEncoder};
+use crate::media::codec::video::{VideoCodec, VideoDecoder, VideoEncoder};
 use crate::media::frame::{RgbaFrame, VideoFrame, AUDIO_FRAME_SAMPLES};
 use crate::media::jitter::{JitterBuffer, Pull};
 use crate::media::mailbox::FrameMailbox;
@@ -79,12 +79,14 @@ impl Call {
         let (events_tx, events) = mpsc::channel(256);
         let (video_tx, video_rx) = std::sync::mpsc::sync_channel::<ReceivedMedia>(16);
         let (audio_tx, audio_rx) = std::sync::mpsc::sync_channel::<ReceivedMedia>(64);
+        let remote_codec = Arc::new(Mutex::new(None));
         let peer = Peer::new(
             settings,
             events_tx,
             RemoteSinks {
                 video: video_tx,
                 audio: audio_tx,
+                video_codec: Arc::clone(&remote_codec),
             },
         )
         .await?;
@@ -100,7 +102,7 @@ impl Call {
             sending: false,
             ctx,
         };
-        call.spawn_video_decoder(video_rx)?;
+        call.spawn_video_decoder(video_rx, remote_codec)?;
         call.spawn_audio_decoder(audio_rx)?;
         Ok(call)
     }
@@ -112,8 +114,18 @@ impl Call {
         }
         self.sending = true;
         self.force_keyframe.store(true, Relaxed);
-        if let Err(e) = self.spawn_video_sender() {
-            tracing::error!("cannot start video sending: {e:#}");
+        match self.peer.video_codec() {
+            Some(codec) => {
+                self.ctx
+                    .counters
+                    .set_video_codec(&self.match_id, Some(codec));
+                if let Err(e) = self.spawn_video_sender(codec) {
+                    tracing::error!("cannot start video sending: {e:#}");
+                }
+            }
+            // Not a failed call: the partner (e.g. a browser without H.264 talking to a
+            // build without VP8) shares no video codec, so the call is audio only.
+            None => self.ctx.counters.set_video_codec(&self.match_id, None),
         }
         self.spawn_audio_sender();
     }
@@ -136,7 +148,7 @@ impl Call {
         self.peer.close().await;
     }
 
-    fn spawn_video_sender(&self) -> anyhow::Result<()> {
+    fn spawn_video_sender(&self, codec: VideoCodec) -> anyhow::Result<()> {
         let mut frames = self.ctx.video_frames.clone();
         frames.mark_unchanged();
         let (enc_tx, mut enc_rx) = mpsc::channel::<(Bytes, bool)>(4);
@@ -149,13 +161,14 @@ impl Call {
         std::thread::Builder::new()
             .name("video-encode".into())
             .spawn(move || {
-                let mut encoder = match H264Encoder::new(v.width, v.height, v.fps, v.bitrate_bps) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        tracing::error!("H.264 encoder: {e:#}");
-                        return;
-                    }
-                };
+                let mut encoder =
+                    match VideoEncoder::new(codec, v.width, v.height, v.fps, v.bitrate_bps) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            tracing::error!("{codec} encoder: {e:#}");
+                            return;
+                        }
+                    };
                 while !cancel.is_cancelled() {
                     let changed = rt.block_on(async {
                         tokio::time::timeout(Duration::from_millis(200), frames.changed()).await
@@ -169,7 +182,7 @@ impl Call {
                         continue;
                     };
                     let target = bitrate.load(Relaxed);
-                    if target != encoder.settings().bitrate_bps {
+                    if target != encoder.bitrate_bps() {
                         match encoder.set_bitrate(target) {
                             Ok(_) => tracing::debug!(target, "video bitrate adapted"),
                             Err(e) => tracing::warn!("cannot change the bitrate: {e:#}"),
@@ -190,7 +203,7 @@ impl Call {
                             }
                         }
                         Ok(None) => {}
-                        Err(e) => tracing::warn!("H.264 encode failed: {e:#}"),
+                        Err(e) => tracing::warn!("{codec} encode failed: {e:#}"),
                     }
                 }
             })?;
@@ -272,9 +285,12 @@ impl Call {
         });
     }
 
+    /// The decoder follows the codec of the partner's track (`remote_codec`, set when
+    /// the track arrives), so it is made on the first frame and re-made if that changes.
     fn spawn_video_decoder(
         &self,
         rx: std::sync::mpsc::Receiver<ReceivedMedia>,
+        remote_codec: Arc<Mutex<Option<VideoCodec>>>,
     ) -> anyhow::Result<()> {
         let cancel = self.cancel.clone();
         let ctx = self.ctx.clone();
@@ -284,13 +300,7 @@ impl Call {
         std::thread::Builder::new()
             .name("video-decode".into())
             .spawn(move || {
-                let mut decoder = match H264Decoder::new() {
-                    Ok(d) => d,
-                    Err(e) => {
-                        tracing::error!("H.264 decoder: {e:#}");
-                        return;
-                    }
-                };
+                let mut decoder: Option<VideoDecoder> = None;
                 let mut last_request = Instant::now() - Duration::from_secs(10);
                 let mut request_keyframe = |why: &str| {
                     if last_request.elapsed() >= Duration::from_millis(500) {
@@ -312,6 +322,20 @@ impl Call {
                     if media.dropped_before > 0 {
                         request_keyframe("packets lost");
                     }
+                    let codec = (*remote_codec.lock().unwrap_or_else(PoisonError::into_inner))
+                        .unwrap_or(VideoCodec::H264);
+                    if decoder.as_ref().map(VideoDecoder::codec) != Some(codec) {
+                        match VideoDecoder::new(codec) {
+                            Ok(d) => decoder = Some(d),
+                            Err(e) => {
+                                tracing::error!("{codec} decoder: {e:#}");
+                                break;
+                            }
+                        }
+                    }
+                    let Some(decoder) = decoder.as_mut() else {
+                        break;
+                    };
                     match decoder.decode(&media.data) {
                         Ok(Some(frame)) => {
                             let stamp =
@@ -327,7 +351,7 @@ impl Call {
                         Ok(None) => {}
                         Err(e) => {
                             ctx.counters.decode_errors.fetch_add(1, Relaxed);
-                            tracing::debug!("H.264 decode failed: {e:#}");
+                            tracing::debug!("{codec} decode failed: {e:#}");
                             request_keyframe("decode error");
                         }
                     }

@@ -21,6 +21,12 @@ pub struct MatchRecord {
     /// The selected local ICE candidate's type: host, srflx, prflx or relay (the last
     /// one seen in the match); `None` if the call never connected.
     pub candidate_type: Option<String>,
+    /// The video codec negotiated for the call (what this side sends): "H264" or "VP8";
+    /// null when the two sides share none (an audio-only call) or it never got that far.
+    pub video_codec: Option<String>,
+    /// Negotiation finished without a shared video codec: the call is audio only.
+    #[serde(skip)]
+    pub video_unavailable: bool,
 }
 
 #[derive(Default)]
@@ -57,6 +63,27 @@ const RECENT_AUDIO: usize = 24_000;
 impl Counters {
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records the negotiated video codec of `match_id` (`None`: audio only).
+    pub fn set_video_codec(
+        &self,
+        match_id: &str,
+        codec: Option<crate::media::codec::video::VideoCodec>,
+    ) {
+        let mut i = self.inner();
+        if let Some(rec) = i.matches.iter_mut().rev().find(|m| m.match_id == match_id) {
+            rec.video_codec = codec.map(|c| c.name().to_owned());
+            rec.video_unavailable = codec.is_none();
+        }
+    }
+
+    /// Whether the current call turned out audio only (no video codec shared).
+    pub fn video_unavailable(&self) -> bool {
+        self.inner()
+            .matches
+            .last()
+            .is_some_and(|m| m.video_unavailable)
     }
 
     pub fn match_started(&self, match_id: &str) {

@@ -1,5 +1,12 @@
-//! One WebRTC peer connection per match (webrtc 0.21): one H.264 and one Opus track
-//! each way, trickle ICE, keyframe requests both ways, stats.
+//! One WebRTC peer connection per match (webrtc 0.21): one video track (H.264, or VP8
+//! when the partner lacks H.264) and one Opus track each way, trickle ICE, keyframe
+//! requests both ways, stats.
+//!
+//! The video codec is chosen from the partner's description before the description that
+//! starts the media (see [`choose_video_codec`]); the sending track is then re-made for
+//! that codec, and this module packetizes video itself, so the packetizer always matches
+//! what was negotiated. When the two sides share no video codec, the call carries audio
+//! only and the video m-line is rejected.
 //!
 //! This is the only module that names webrtc types. It takes encoded media in and hands
 //! received, depacketized media out through bounded channels, so codecs and the UI are
@@ -7,14 +14,18 @@
 
 use super::keyframe::KeyframeRequestForwarder;
 use super::receive::{receive_audio, receive_video};
+use crate::media::codec::video::VideoCodec;
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
 use peer_stream_shared::{IceServer, SignalPayload};
 use rtc::interceptor::{Registry, Slot};
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8,
+};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp::packetizer::Packetizer;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
     RTCRtpEncodingParameters, RtpCodecKind,
@@ -25,6 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::TrackRemote;
@@ -39,7 +51,12 @@ use webrtc::rtp_transceiver::RtpSender;
 /// RTP payload types we offer; when answering, the offer's numbers win (read them back
 /// from the sender after negotiation, never assume these).
 const H264_PT: PayloadType = 102;
+const VP8_PT: PayloadType = 96;
 const OPUS_PT: PayloadType = 111;
+/// Largest RTP packet we send (what webrtc's own sample tracks use): fits any path MTU
+/// with room for SRTP, TURN channel and IPv6 headers.
+const RTP_MTU: usize = 1200;
+const VIDEO_CLOCK_RATE: u32 = 90_000;
 pub const VIDEO_FRAME_DURATION: Duration = Duration::from_millis(33);
 pub const AUDIO_FRAME_DURATION: Duration = Duration::from_millis(20);
 
@@ -78,6 +95,9 @@ pub struct ReceivedMedia {
 pub struct RemoteSinks {
     pub video: std::sync::mpsc::SyncSender<ReceivedMedia>,
     pub audio: std::sync::mpsc::SyncSender<ReceivedMedia>,
+    /// The codec of the partner's video track, set when it arrives: the decoder reads it
+    /// to pick (or switch) its decoder.
+    pub video_codec: Arc<Mutex<Option<VideoCodec>>>,
 }
 
 /// Which ICE candidates a call may use (`--ice-policy`).
@@ -184,11 +204,20 @@ impl PeerConnectionEventHandler for Handler {
             .unwrap_or_default();
         tracing::debug!(?kind, %mime, ssrc, "remote track");
         if kind == RtpCodecKind::Video {
+            let Some(codec) = VideoCodec::from_name(&mime).filter(|c| c.is_supported()) else {
+                tracing::warn!(%mime, "the partner sends video in a codec this build cannot decode");
+                return;
+            };
+            *self
+                .sinks
+                .video_codec
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(codec);
             *self
                 .remote_video
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = Some((Arc::clone(&track), ssrc));
-            tokio::spawn(receive_video(track, ssrc, self.sinks.video.clone()));
+            tokio::spawn(receive_video(track, ssrc, codec, self.sinks.video.clone()));
         } else {
             tokio::spawn(receive_audio(track, self.sinks.audio.clone()));
         }
@@ -210,6 +239,86 @@ fn h264_codec() -> RTCRtpCodec {
     }
 }
 
+fn vp8_codec() -> RTCRtpCodec {
+    let fb = |typ: &str, parameter: &str| RTCPFeedback {
+        typ: typ.to_owned(),
+        parameter: parameter.to_owned(),
+    };
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_VP8.to_owned(),
+        clock_rate: VIDEO_CLOCK_RATE,
+        channels: 0,
+        sdp_fmtp_line: String::new(),
+        rtcp_feedback: vec![fb("nack", ""), fb("nack", "pli"), fb("ccm", "fir")],
+    }
+}
+
+/// The RTP description of a video codec, with the payload type we offer it under.
+fn video_codec_parameters(codec: VideoCodec) -> RTCRtpCodecParameters {
+    match codec {
+        VideoCodec::H264 => RTCRtpCodecParameters {
+            rtp_codec: h264_codec(),
+            payload_type: H264_PT,
+        },
+        VideoCodec::Vp8 => RTCRtpCodecParameters {
+            rtp_codec: vp8_codec(),
+            payload_type: VP8_PT,
+        },
+    }
+}
+
+/// Which video codec to send, from the partner's SDP (offer or answer): H.264 when it
+/// lists H.264 in packetization mode 1 (the mode we packetize in), else VP8 when this
+/// build has it, else none — also when the partner rejected video (port 0).
+pub fn choose_video_codec(sdp: &str) -> Option<VideoCodec> {
+    let mut in_video = false;
+    let mut rejected = false;
+    // (payload type, codec) from a=rtpmap; payload types with packetization-mode=1.
+    let mut listed: Vec<(String, VideoCodec)> = Vec::new();
+    let mut mode1: Vec<String> = Vec::new();
+    for line in sdp.lines().map(str::trim) {
+        if let Some(m) = line.strip_prefix("m=") {
+            if in_video {
+                break; // only the first video section counts
+            }
+            let mut parts = m.split_whitespace();
+            in_video = parts.next() == Some("video");
+            rejected = in_video && parts.next() == Some("0");
+            continue;
+        }
+        if !in_video {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("a=rtpmap:") {
+            let mut parts = rest.split_whitespace();
+            if let (Some(pt), Some(enc)) = (parts.next(), parts.next()) {
+                let name = enc.split('/').next().unwrap_or_default();
+                if let Some(codec) = VideoCodec::from_name(name) {
+                    listed.push((pt.to_owned(), codec));
+                }
+            }
+        } else if let Some(rest) = line.strip_prefix("a=fmtp:") {
+            let mut parts = rest.splitn(2, ' ');
+            if let (Some(pt), Some(params)) = (parts.next(), parts.next()) {
+                if params
+                    .split(';')
+                    .any(|p| p.trim().eq_ignore_ascii_case("packetization-mode=1"))
+                {
+                    mode1.push(pt.to_owned());
+                }
+            }
+        }
+    }
+    if !in_video || rejected {
+        return None;
+    }
+    VideoCodec::supported().iter().copied().find(|&want| {
+        listed
+            .iter()
+            .any(|(pt, codec)| *codec == want && (want != VideoCodec::H264 || mode1.contains(pt)))
+    })
+}
+
 fn opus_codec() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: MIME_TYPE_OPUS.to_owned(),
@@ -220,30 +329,108 @@ fn opus_codec() -> RTCRtpCodec {
     }
 }
 
+/// Our sending track's description. The id stays the same when the video track is
+/// re-made for another codec: RTCP about it is routed by track id.
+fn media_track(kind: RtpCodecKind, codec: RTCRtpCodec, ssrc: u32) -> MediaStreamTrack {
+    let id = format!("peer-stream-{kind}-local");
+    MediaStreamTrack::new(
+        "peer-stream".to_owned(),
+        id.clone(),
+        id,
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec,
+            ..Default::default()
+        }],
+    )
+}
+
 fn local_track(
     kind: RtpCodecKind,
     codec: RTCRtpCodec,
     ssrc: u32,
 ) -> anyhow::Result<TrackLocalStaticSample> {
-    let id = format!("peer-stream-{kind}-local");
-    TrackLocalStaticSample::new(
-        Instant::now(),
-        MediaStreamTrack::new(
-            "peer-stream".to_owned(),
-            id.clone(),
-            id,
-            kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec,
-                ..Default::default()
-            }],
-        ),
-    )
-    .map_err(|e| anyhow!("creating the {kind} track: {e}"))
+    TrackLocalStaticSample::new(Instant::now(), media_track(kind, codec, ssrc))
+        .map_err(|e| anyhow!("creating the {kind} track: {e}"))
+}
+
+/// The sending video track. Its codec is known only once the partner's description
+/// arrives, so it packetizes here (webrtc's sample track fixes its packetizer when it is
+/// made) and the packetizer is built on the first frame, for the negotiated codec and
+/// payload type.
+struct VideoOut {
+    track: Arc<TrackLocalStaticRTP>,
+    sender: Arc<dyn RtpSender>,
+    ssrc: u32,
+    /// What we send: set by [`Peer::prepare_video`]; `None` before, or when the two sides
+    /// share no video codec.
+    codec: Mutex<Option<VideoCodec>>,
+    packetizer: tokio::sync::Mutex<Option<(PayloadType, Box<dyn Packetizer>)>>,
+}
+
+impl VideoOut {
+    fn codec(&self) -> Option<VideoCodec> {
+        *self.codec.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn write(&self, data: Bytes, duration: Duration) -> anyhow::Result<()> {
+        let mut guard = self.packetizer.lock().await;
+        if guard.is_none() {
+            let codec = self
+                .codec()
+                .ok_or_else(|| anyhow!("no video codec shared with the partner"))?;
+            let params = self
+                .sender
+                .get_parameters()
+                .await
+                .map_err(|e| anyhow!("sender parameters: {e}"))?;
+            let rtp_codec = video_codec_parameters(codec).rtp_codec;
+            let pt = params
+                .rtp_parameters
+                .codecs
+                .iter()
+                .find(|c| {
+                    c.rtp_codec
+                        .mime_type
+                        .eq_ignore_ascii_case(&rtp_codec.mime_type)
+                })
+                .map(|c| c.payload_type)
+                .ok_or_else(|| anyhow!("{codec} was not negotiated"))?;
+            let payloader = rtp_codec
+                .payloader()
+                .map_err(|e| anyhow!("{codec} payloader: {e}"))?;
+            let packetizer = rtc::rtp::packetizer::new_packetizer(
+                Instant::now(),
+                RTP_MTU,
+                pt,
+                self.ssrc,
+                payloader,
+                Box::new(rtc::rtp::sequence::new_random_sequencer()),
+                VIDEO_CLOCK_RATE,
+            );
+            tracing::debug!(%codec, pt, "sending video");
+            *guard = Some((pt, Box::new(packetizer)));
+        }
+        let Some((pt, packetizer)) = guard.as_mut() else {
+            return Err(anyhow!("no packetizer"));
+        };
+        let samples = (duration.as_secs_f64() * f64::from(VIDEO_CLOCK_RATE)) as u32;
+        let packets = packetizer
+            .packetize(Instant::now(), &data, samples)
+            .map_err(|e| anyhow!("packetize: {e}"))?;
+        for mut packet in packets {
+            packet.header.payload_type = *pt;
+            self.track
+                .write_rtp(packet)
+                .await
+                .map_err(|e| anyhow!("write video: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// A sending track with its negotiated payload type (known only after negotiation).
@@ -303,7 +490,7 @@ pub struct Peer {
 
 struct PeerInner {
     pc: Arc<dyn PeerConnection>,
-    video: Outgoing,
+    video: VideoOut,
     audio: Outgoing,
     remote_video: RemoteVideo,
     /// Candidates that arrived before the remote description; added once it is set.
@@ -321,15 +508,11 @@ impl Peer {
         sinks: RemoteSinks,
     ) -> anyhow::Result<Self> {
         let mut media = MediaEngine::default();
-        media
-            .register_codec(
-                RTCRtpCodecParameters {
-                    rtp_codec: h264_codec(),
-                    payload_type: H264_PT,
-                },
-                RtpCodecKind::Video,
-            )
-            .map_err(|e| anyhow!("register H.264: {e}"))?;
+        for &codec in VideoCodec::supported() {
+            media
+                .register_codec(video_codec_parameters(codec), RtpCodecKind::Video)
+                .map_err(|e| anyhow!("register {codec}: {e}"))?;
+        }
         media
             .register_codec(
                 RTCRtpCodecParameters {
@@ -387,7 +570,12 @@ impl Peer {
 
         let video_ssrc: u32 = rand::random();
         let audio_ssrc: u32 = rand::random();
-        let video_track = Arc::new(local_track(RtpCodecKind::Video, h264_codec(), video_ssrc)?);
+        // Made for H.264; re-made in `prepare_video` when the partner needs another codec.
+        let video_track = Arc::new(TrackLocalStaticRTP::new(media_track(
+            RtpCodecKind::Video,
+            h264_codec(),
+            video_ssrc,
+        )));
         let audio_track = Arc::new(local_track(RtpCodecKind::Audio, opus_codec(), audio_ssrc)?);
         let video_sender = pc
             .add_track(Arc::clone(&video_track) as Arc<dyn TrackLocal>)
@@ -397,16 +585,32 @@ impl Peer {
             .add_track(Arc::clone(&audio_track) as Arc<dyn TrackLocal>)
             .await
             .map_err(|e| anyhow!("add audio track: {e}"))?;
+        // Offer (and answer) the video codecs in our order of preference, whatever order
+        // the partner listed them in: then a partner that has H.264 sends H.264 too.
+        let preferences: Vec<_> = VideoCodec::supported()
+            .iter()
+            .map(|&c| video_codec_parameters(c))
+            .collect();
+        for transceiver in pc.get_transceivers().await {
+            let is_video =
+                matches!(transceiver.sender().await, Ok(Some(s)) if s.id() == video_sender.id());
+            if is_video {
+                if let Err(e) = transceiver.set_codec_preferences(preferences.clone()).await {
+                    tracing::debug!("video codec preferences: {e}");
+                }
+            }
+        }
         tokio::spawn(watch_keyframe_requests(Arc::clone(&video_track), events));
 
         Ok(Self {
             inner: Arc::new(PeerInner {
                 pc,
-                video: Outgoing {
+                video: VideoOut {
                     track: video_track,
                     sender: video_sender,
                     ssrc: video_ssrc,
-                    payload_type: Mutex::new(None),
+                    codec: Mutex::new(None),
+                    packetizer: tokio::sync::Mutex::new(None),
                 },
                 audio: Outgoing {
                     track: audio_track,
@@ -435,7 +639,9 @@ impl Peer {
 
     /// Answerer: applies the partner's offer, creates and applies the answer; returns it.
     pub async fn accept_offer(&self, sdp: String) -> anyhow::Result<String> {
+        let chosen = choose_video_codec(&sdp);
         let offer = RTCSessionDescription::offer(sdp).map_err(|e| anyhow!("bad offer: {e}"))?;
+        self.prepare_video(chosen, true).await?;
         self.set_remote(offer, "offer").await?;
         let answer = self
             .inner
@@ -448,8 +654,54 @@ impl Peer {
 
     /// Offerer: applies the partner's answer.
     pub async fn accept_answer(&self, sdp: String) -> anyhow::Result<()> {
+        let chosen = choose_video_codec(&sdp);
         let answer = RTCSessionDescription::answer(sdp).map_err(|e| anyhow!("bad answer: {e}"))?;
+        self.prepare_video(chosen, false).await?;
         self.set_remote(answer, "answer").await
+    }
+
+    /// Settles the video we send before the description that starts media is applied
+    /// (that is when webrtc binds the track's codec to its RTCP and NACK machinery): the
+    /// track is re-made for a codec other than H.264, and with no shared codec the
+    /// answerer drops its video sender so its answer rejects the video m-line and the
+    /// call goes on with audio.
+    async fn prepare_video(
+        &self,
+        chosen: Option<VideoCodec>,
+        answering: bool,
+    ) -> anyhow::Result<()> {
+        let video = &self.inner.video;
+        *video.codec.lock().unwrap_or_else(PoisonError::into_inner) = chosen;
+        match chosen {
+            Some(VideoCodec::H264) => {}
+            Some(codec) => {
+                let track = TrackLocalStaticRTP::new(media_track(
+                    RtpCodecKind::Video,
+                    video_codec_parameters(codec).rtp_codec,
+                    video.ssrc,
+                ));
+                video
+                    .sender
+                    .replace_track(Arc::new(track))
+                    .await
+                    .map_err(|e| anyhow!("switching video to {codec}: {e}"))?;
+            }
+            None => {
+                tracing::info!("no video codec shared with the partner: audio only");
+                if answering {
+                    if let Err(e) = self.inner.pc.remove_track(&video.sender).await {
+                        tracing::debug!("dropping the video sender: {e}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The video codec negotiated for what we send; `None` before negotiation or when
+    /// the partner shares no video codec with us.
+    pub fn video_codec(&self) -> Option<VideoCodec> {
+        self.inner.video.codec()
     }
 
     /// Applies our own description; returns its SDP for the partner.
@@ -626,10 +878,7 @@ impl Peer {
 }
 
 /// Turns PLI/FIR seen on our sending video track into `KeyframeRequested` events.
-async fn watch_keyframe_requests(
-    track: Arc<TrackLocalStaticSample>,
-    events: mpsc::Sender<PeerEvent>,
-) {
+async fn watch_keyframe_requests(track: Arc<TrackLocalStaticRTP>, events: mpsc::Sender<PeerEvent>) {
     while let Some(event) = track.poll().await {
         if let TrackLocalEvent::OnRtcpPacket(_) = event {
             if events.send(PeerEvent::KeyframeRequested).await.is_err() {

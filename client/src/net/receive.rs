@@ -5,20 +5,26 @@
 
 use super::assembler::{Assembler, FrameDepacketizer, RtpIn};
 use super::peer::ReceivedMedia;
+use crate::media::codec::video::VideoCodec;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp::codec::h264::H264Packet;
 use rtc::rtp::codec::opus::OpusPacket;
+use rtc::rtp::codec::vp8::Vp8Packet;
 use std::sync::Arc;
 use std::time::Instant;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
-/// Rebuilds H.264 access units from RTP and hands them on.
+/// Rebuilds video frames (H.264 access units, VP8 frames) from RTP and hands them on.
 pub(super) async fn receive_video(
     track: Arc<dyn TrackRemote>,
     ssrc: u32,
+    codec: VideoCodec,
     sink: std::sync::mpsc::SyncSender<ReceivedMedia>,
 ) {
-    receive_video_with(track, ssrc, H264Packet::default(), sink).await;
+    match codec {
+        VideoCodec::H264 => receive_video_with(track, ssrc, H264Packet::default(), sink).await,
+        VideoCodec::Vp8 => receive_video_with(track, ssrc, Vp8Packet::default(), sink).await,
+    }
 }
 
 /// Rebuilds video frames with `depacketizer` (`H264Packet`, `Vp8Packet`, or a
