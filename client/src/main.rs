@@ -5,6 +5,7 @@ use clap::Parser;
 use peer_stream::engine::EngineConfig;
 use peer_stream::headless::{self, HeadlessOptions};
 use peer_stream::media::capture::{AudioChoice, VideoChoice};
+use peer_stream::media::codec::video::VideoCodecChoice;
 use peer_stream::media::playback::SinkChoice;
 use peer_stream::net::peer::IcePolicy;
 use std::io::Write;
@@ -62,6 +63,15 @@ struct Args {
         env = "PEER_STREAM_ICE_POLICY"
     )]
     ice_policy: IcePolicy,
+    /// Which video codecs calls may use: `auto` (H.264 when the stranger has it, else
+    /// VP8), `h264` or `vp8` (a stranger without it gets an audio-only call).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        env = "PEER_STREAM_VIDEO_CODEC"
+    )]
+    video_codec: VideoCodecChoice,
     /// Video bitrate in kbit/s.
     #[arg(long, default_value_t = 1000)]
     bitrate_kbps: u32,
@@ -128,6 +138,13 @@ fn main() -> anyhow::Result<()> {
     engine.tone_hz = args.tone_hz;
     engine.udp_addrs = args.udp_addrs.clone();
     engine.ice_policy = args.ice_policy;
+    engine.video_codecs = args.video_codec.codecs();
+    if engine.video_codecs.is_empty() {
+        anyhow::bail!(
+            "--video-codec {:?}: this build has no such codec (built without the `vp8` feature)",
+            args.video_codec
+        );
+    }
     engine.video_settings.bitrate_bps = args.bitrate_kbps.saturating_mul(1000);
     engine.auto_requeue = !args.no_auto_requeue;
 

@@ -40,6 +40,8 @@ pub struct EngineConfig {
     pub auto_requeue: bool,
     /// `--ice-policy`: every candidate, or TURN relay only.
     pub ice_policy: crate::net::peer::IcePolicy,
+    /// `--video-codec`: the video codecs calls may use, most preferred first.
+    pub video_codecs: Vec<crate::media::codec::video::VideoCodec>,
 }
 
 impl EngineConfig {
@@ -60,6 +62,7 @@ impl EngineConfig {
             udp_addrs: Vec::new(),
             auto_requeue: true,
             ice_policy: crate::net::peer::IcePolicy::All,
+            video_codecs: crate::media::codec::video::VideoCodecChoice::Auto.codecs(),
         }
     }
 }

@@ -173,6 +173,12 @@ impl Counters {
             audio_frames_sent: self.audio_frames_sent.load(Relaxed),
             audio_frames_decoded: self.audio_frames_decoded.load(Relaxed),
             peer: self.peer_stats(),
+            video_codec: self
+                .inner()
+                .matches
+                .last()
+                .and_then(|m| m.video_codec.clone()),
+            video_unavailable: self.video_unavailable(),
         }
     }
 }
@@ -189,6 +195,8 @@ pub struct StatsSnapshot {
     pub audio_frames_sent: u64,
     pub audio_frames_decoded: u64,
     pub peer: PeerStats,
+    pub video_codec: Option<String>,
+    pub video_unavailable: bool,
 }
 
 /// What the stats overlay shows: rates over the last interval plus connection facts.
@@ -203,6 +211,10 @@ pub struct CallStats {
     pub frames_dropped: u64,
     /// host / srflx / prflx / relay
     pub candidate_type: Option<String>,
+    /// The call's video codec ("H264", "VP8").
+    pub video_codec: Option<String>,
+    /// The stranger shares no video codec with us: the call is audio only.
+    pub video_unavailable: bool,
 }
 
 impl CallStats {
@@ -222,6 +234,8 @@ impl CallStats {
             packets_lost: new.peer.packets_lost,
             frames_dropped: new.frames_dropped,
             candidate_type: new.peer.candidate_type.clone(),
+            video_codec: new.video_codec.clone(),
+            video_unavailable: new.video_unavailable,
         }
     }
 }

@@ -119,6 +119,8 @@ pub struct PeerSettings {
     /// Empty: every non-loopback interface address (plus loopback as a last resort).
     pub udp_addrs: Vec<String>,
     pub ice_policy: IcePolicy,
+    /// Video codecs to offer and accept, most preferred first (`--video-codec`).
+    pub video_codecs: Vec<VideoCodec>,
 }
 
 /// With `--ice-policy relay`, whether the signaling server handed out a TURN server at
@@ -270,7 +272,7 @@ fn video_codec_parameters(codec: VideoCodec) -> RTCRtpCodecParameters {
 /// Which video codec to send, from the partner's SDP (offer or answer): H.264 when it
 /// lists H.264 in packetization mode 1 (the mode we packetize in), else VP8 when this
 /// build has it, else none — also when the partner rejected video (port 0).
-pub fn choose_video_codec(sdp: &str) -> Option<VideoCodec> {
+pub fn choose_video_codec(sdp: &str, ours: &[VideoCodec]) -> Option<VideoCodec> {
     let mut in_video = false;
     let mut rejected = false;
     // (payload type, codec) from a=rtpmap; payload types with packetization-mode=1.
@@ -312,7 +314,7 @@ pub fn choose_video_codec(sdp: &str) -> Option<VideoCodec> {
     if !in_video || rejected {
         return None;
     }
-    VideoCodec::supported().iter().copied().find(|&want| {
+    ours.iter().copied().find(|&want| {
         listed
             .iter()
             .any(|(pt, codec)| *codec == want && (want != VideoCodec::H264 || mode1.contains(pt)))
@@ -366,6 +368,8 @@ struct VideoOut {
     track: Arc<TrackLocalStaticRTP>,
     sender: Arc<dyn RtpSender>,
     ssrc: u32,
+    /// The codec the track was made for.
+    first_codec: VideoCodec,
     /// What we send: set by [`Peer::prepare_video`]; `None` before, or when the two sides
     /// share no video codec.
     codec: Mutex<Option<VideoCodec>>,
@@ -490,6 +494,7 @@ pub struct Peer {
 
 struct PeerInner {
     pc: Arc<dyn PeerConnection>,
+    video_codecs: Vec<VideoCodec>,
     video: VideoOut,
     audio: Outgoing,
     remote_video: RemoteVideo,
@@ -508,7 +513,7 @@ impl Peer {
         sinks: RemoteSinks,
     ) -> anyhow::Result<Self> {
         let mut media = MediaEngine::default();
-        for &codec in VideoCodec::supported() {
+        for &codec in &settings.video_codecs {
             media
                 .register_codec(video_codec_parameters(codec), RtpCodecKind::Video)
                 .map_err(|e| anyhow!("register {codec}: {e}"))?;
@@ -570,10 +575,15 @@ impl Peer {
 
         let video_ssrc: u32 = rand::random();
         let audio_ssrc: u32 = rand::random();
-        // Made for H.264; re-made in `prepare_video` when the partner needs another codec.
+        // Made for our first choice; re-made in `prepare_video` when the partner needs
+        // another codec.
+        let first_codec = *settings
+            .video_codecs
+            .first()
+            .ok_or_else(|| anyhow!("no video codec to offer"))?;
         let video_track = Arc::new(TrackLocalStaticRTP::new(media_track(
             RtpCodecKind::Video,
-            h264_codec(),
+            video_codec_parameters(first_codec).rtp_codec,
             video_ssrc,
         )));
         let audio_track = Arc::new(local_track(RtpCodecKind::Audio, opus_codec(), audio_ssrc)?);
@@ -587,7 +597,8 @@ impl Peer {
             .map_err(|e| anyhow!("add audio track: {e}"))?;
         // Offer (and answer) the video codecs in our order of preference, whatever order
         // the partner listed them in: then a partner that has H.264 sends H.264 too.
-        let preferences: Vec<_> = VideoCodec::supported()
+        let preferences: Vec<_> = settings
+            .video_codecs
             .iter()
             .map(|&c| video_codec_parameters(c))
             .collect();
@@ -605,10 +616,12 @@ impl Peer {
         Ok(Self {
             inner: Arc::new(PeerInner {
                 pc,
+                video_codecs: settings.video_codecs.clone(),
                 video: VideoOut {
                     track: video_track,
                     sender: video_sender,
                     ssrc: video_ssrc,
+                    first_codec,
                     codec: Mutex::new(None),
                     packetizer: tokio::sync::Mutex::new(None),
                 },
@@ -639,7 +652,7 @@ impl Peer {
 
     /// Answerer: applies the partner's offer, creates and applies the answer; returns it.
     pub async fn accept_offer(&self, sdp: String) -> anyhow::Result<String> {
-        let chosen = choose_video_codec(&sdp);
+        let chosen = choose_video_codec(&sdp, &self.inner.video_codecs);
         let offer = RTCSessionDescription::offer(sdp).map_err(|e| anyhow!("bad offer: {e}"))?;
         self.prepare_video(chosen, true).await?;
         self.set_remote(offer, "offer").await?;
@@ -654,7 +667,7 @@ impl Peer {
 
     /// Offerer: applies the partner's answer.
     pub async fn accept_answer(&self, sdp: String) -> anyhow::Result<()> {
-        let chosen = choose_video_codec(&sdp);
+        let chosen = choose_video_codec(&sdp, &self.inner.video_codecs);
         let answer = RTCSessionDescription::answer(sdp).map_err(|e| anyhow!("bad answer: {e}"))?;
         self.prepare_video(chosen, false).await?;
         self.set_remote(answer, "answer").await
@@ -662,7 +675,7 @@ impl Peer {
 
     /// Settles the video we send before the description that starts media is applied
     /// (that is when webrtc binds the track's codec to its RTCP and NACK machinery): the
-    /// track is re-made for a codec other than H.264, and with no shared codec the
+    /// track is re-made for a codec other than our first choice, and with no shared codec the
     /// answerer drops its video sender so its answer rejects the video m-line and the
     /// call goes on with audio.
     async fn prepare_video(
@@ -673,7 +686,7 @@ impl Peer {
         let video = &self.inner.video;
         *video.codec.lock().unwrap_or_else(PoisonError::into_inner) = chosen;
         match chosen {
-            Some(VideoCodec::H264) => {}
+            Some(codec) if codec == video.first_codec => {}
             Some(codec) => {
                 let track = TrackLocalStaticRTP::new(media_track(
                     RtpCodecKind::Video,

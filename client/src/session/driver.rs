@@ -273,6 +273,7 @@ impl Driver {
                     ice_servers,
                     udp_addrs: self.config.udp_addrs.clone(),
                     ice_policy: self.config.ice_policy,
+                    video_codecs: self.config.video_codecs.clone(),
                 };
                 let ctx = CallContext {
                     counters: Arc::clone(&self.counters),

@@ -184,6 +184,13 @@ pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context, now: Instant) {
                                 egui::Rect::from_center_size(rect.center(), size * scale);
                             egui::Image::new(tex).paint_at(ui, video_rect);
                         }
+                        // Audio only: the stranger's app or browser shares no video
+                        // format with this one; say so instead of "connecting" forever.
+                        None if st.stats.video_unavailable => centered_message(
+                            ui,
+                            rect,
+                            "Video isn't available with this stranger — you can still talk and chat",
+                        ),
                         None => centered_message(ui, rect, "Connecting to the stranger…"),
                     }
                     if hidden {
@@ -278,7 +285,7 @@ pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context, now: Instant) {
 
 fn stats_overlay(ui: &mut egui::Ui, rect: egui::Rect, s: &CallStats) {
     let text = format!(
-        "RTT {}\nsend {:.0} kb/s · recv {:.0} kb/s\nfps sent {:.0} · decoded {:.0}\npackets lost {} · frames dropped {}\n{}",
+        "RTT {}\nsend {:.0} kb/s · recv {:.0} kb/s\nfps sent {:.0} · decoded {:.0}\npackets lost {} · frames dropped {}\n{} · video {}",
         s.rtt_ms.map(|r| format!("{r:.0} ms")).unwrap_or_else(|| "—".into()),
         s.send_kbps,
         s.recv_kbps,
@@ -290,6 +297,11 @@ fn stats_overlay(ui: &mut egui::Ui, rect: egui::Rect, s: &CallStats) {
             Some("relay") => "relayed (TURN)".to_owned(),
             Some(t) => format!("direct ({t})"),
             None => "path unknown".to_owned(),
+        },
+        match (&s.video_codec, s.video_unavailable) {
+            (Some(codec), _) => codec.as_str(),
+            (None, true) => "none (audio only)",
+            (None, false) => "—",
         }
     );
     let pos = rect.left_top() + egui::vec2(12.0, 12.0);

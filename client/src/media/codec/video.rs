@@ -53,6 +53,34 @@ impl VideoCodec {
     }
 }
 
+/// `--video-codec`: which video codecs a call may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum VideoCodecChoice {
+    /// H.264 when the partner has it, else VP8.
+    #[default]
+    Auto,
+    /// H.264 only (partners without it get an audio-only call).
+    H264,
+    /// VP8 only.
+    Vp8,
+}
+
+impl VideoCodecChoice {
+    /// The codecs to offer and accept, most preferred first (only what this build has).
+    pub fn codecs(self) -> Vec<VideoCodec> {
+        let wanted: &[VideoCodec] = match self {
+            Self::Auto => VideoCodec::supported(),
+            Self::H264 => &[VideoCodec::H264],
+            Self::Vp8 => &[VideoCodec::Vp8],
+        };
+        wanted
+            .iter()
+            .copied()
+            .filter(|c| c.is_supported())
+            .collect()
+    }
+}
+
 impl std::fmt::Display for VideoCodec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
