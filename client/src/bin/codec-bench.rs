@@ -1,4 +1,4 @@
-//! `codec-bench`: how fast openh264 and Opus run on this machine, single-threaded, on
+//! `codec-bench`: how fast openh264, libvpx's VP8 and Opus run on this machine, single-threaded, on
 //! the synthetic test pattern and tone — the numbers that decide which resolutions can
 //! be sent in real time. Also sweeps the encoder's rate control (with and without
 //! frame skipping) to show how well it holds its target. And the blur that hides a
@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use peer_stream::media::blur::Blur;
 use peer_stream::media::codec::h264::{H264Decoder, H264Encoder, H264Settings};
 use peer_stream::media::codec::opus::{OpusDecoder, OpusEncoder};
+use peer_stream::media::codec::video::{VideoCodec, VideoDecoder, VideoEncoder};
 use peer_stream::media::convert::{i420_to_rgba, psnr, rgb_to_i420};
 use peer_stream::media::frame::VideoFrame;
 use peer_stream::media::pattern;
@@ -42,19 +43,19 @@ struct VideoResult {
     psnr_mean: f64,
 }
 
-fn bench_video(w: u32, h: u32, bitrate: u32, n: usize) -> Result<VideoResult> {
+fn bench_video(codec: VideoCodec, w: u32, h: u32, bitrate: u32, n: usize) -> Result<VideoResult> {
     let input = frames(n, w, h);
-    let mut enc = H264Encoder::new(w, h, FPS, bitrate)?;
+    let mut enc = VideoEncoder::new(codec, w, h, FPS, bitrate)?;
     let mut encoded = Vec::with_capacity(n);
     let start = Instant::now();
     for f in &input {
         encoded.push(enc.encode(f)?);
     }
     let enc_s = start.elapsed().as_secs_f64();
-    let (_, _, skipped) = enc.counters();
+    let skipped = encoded.iter().filter(|e| e.is_none()).count() as u64;
     let bytes: usize = encoded.iter().flatten().map(|e| e.data.len()).sum();
 
-    let mut dec = H264Decoder::new()?;
+    let mut dec = VideoDecoder::new(codec)?;
     let outputs: Vec<_> = encoded.iter().flatten().collect();
     let start = Instant::now();
     for e in &outputs {
@@ -63,7 +64,7 @@ fn bench_video(w: u32, h: u32, bitrate: u32, n: usize) -> Result<VideoResult> {
     let dec_s = start.elapsed().as_secs_f64();
 
     // Quality, outside the timed loops.
-    let mut qdec = H264Decoder::new()?;
+    let mut qdec = VideoDecoder::new(codec)?;
     let luma = (w * h) as usize;
     let mut psnr_sum = 0.0;
     let mut psnr_n: f64 = 0.0;
@@ -76,7 +77,7 @@ fn bench_video(w: u32, h: u32, bitrate: u32, n: usize) -> Result<VideoResult> {
         }
     }
     Ok(VideoResult {
-        label: format!("{w}x{h}"),
+        label: format!("{codec} {w}x{h}"),
         bitrate_kbps: bitrate / 1000,
         encode_fps: n as f64 / enc_s,
         encode_ms: enc_s * 1000.0 / n as f64,
@@ -241,19 +242,20 @@ fn main() -> Result<()> {
         );
         return Ok(());
     }
-    let video = vec![
-        bench_video(640, 480, 1_000_000, n)?,
-        bench_video(1280, 720, 2_500_000, n)?,
-    ];
+    let mut video = Vec::new();
+    for &codec in VideoCodec::supported() {
+        video.push(bench_video(codec, 640, 480, 1_000_000, n)?);
+        video.push(bench_video(codec, 1280, 720, 2_500_000, n)?);
+    }
     let sweep = rate_sweep(n.min(150))?;
     let audio = bench_opus(1500)?;
     let (render_ms, convert_ms) = bench_helpers(60);
 
-    println!("H.264 (openh264, 1 thread, synthetic pattern, {n} frames at {FPS} fps)");
-    println!("size       target kb/s  actual kb/s  skipped  PSNR-Y dB  encode fps (ms/frame)  decode→RGBA fps (ms/frame)");
+    println!("H.264 (openh264) and VP8 (libvpx, cpu-used 8), 1 thread, synthetic pattern, {n} frames at {FPS} fps");
+    println!("codec size     target kb/s  actual kb/s  skipped  PSNR-Y dB  encode fps (ms/frame)  decode→RGBA fps (ms/frame)");
     for v in &video {
         println!(
-            "{:<10} {:>11} {:>12.0} {:>8} {:>10.1} {:>12.0} ({:>5.2}) {:>16.0} ({:>5.2})",
+            "{:<14} {:>11} {:>12.0} {:>8} {:>10.1} {:>12.0} ({:>5.2}) {:>16.0} ({:>5.2})",
             v.label,
             v.bitrate_kbps,
             v.actual_kbps,
@@ -304,7 +306,7 @@ fn main() -> Result<()> {
         })
         .collect();
     println!(
-        "{{\"bench\":\"codec\",\"release\":{},\"frames\":{n},\"h264\":[{}],\"rate_control_640x480\":[{}],\"opus\":{{\"encode_us\":{:.1},\"decode_us\":{:.1},\"kbps\":{:.1}}},\"render_640x480_ms\":{:.3},\"rgb_to_i420_640x480_ms\":{:.3},\"blur_640x480_ms\":{:.3}}}",
+        "{{\"bench\":\"codec\",\"release\":{},\"frames\":{n},\"video\":[{}],\"rate_control_640x480\":[{}],\"opus\":{{\"encode_us\":{:.1},\"decode_us\":{:.1},\"kbps\":{:.1}}},\"render_640x480_ms\":{:.3},\"rgb_to_i420_640x480_ms\":{:.3},\"blur_640x480_ms\":{:.3}}}",
         !cfg!(debug_assertions),
         vjson.join(","),
         sjson.join(","),
