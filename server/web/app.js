@@ -137,6 +137,8 @@
     pc: null,
     connectTimer: null,
     callFailed: false,
+    // The answer rejected video (no codec in common): an audio-only call.
+    videoUnavailable: false,
     remoteStream: null,
     pendingCandidates: [],
     signalChain: Promise.resolve(),
@@ -856,6 +858,7 @@
         await attachLocalTracks(pc);
         const answer = await pc.createAnswer();
         await pc.setLocalDescription(answer);
+        noteVideoShared(pc);
         if (pc === s.pc) sendSignal({ kind: 'answer', sdp: pc.localDescription.sdp });
         await flushCandidates(pc);
         break;
@@ -863,6 +866,7 @@
       case 'answer':
         if (pc.signalingState !== 'have-local-offer' || typeof p.sdp !== 'string') return;
         await pc.setRemoteDescription({ type: 'answer', sdp: p.sdp });
+        noteVideoShared(pc);
         await flushCandidates(pc);
         break;
       case 'candidate': {
@@ -883,6 +887,20 @@
       }
       default:
         break;
+    }
+  }
+
+  /// After the answer: a rejected video m-line (port 0) means the two sides share no
+  /// video codec. The call goes on with audio and chat; the page says so instead of
+  /// "Connecting video…" (and this is not a failed call).
+  function noteVideoShared(pc) {
+    if (pc !== s.pc) return;
+    const sdp = pc.currentRemoteDescription ? pc.currentRemoteDescription.sdp : '';
+    const mine = pc.currentLocalDescription ? pc.currentLocalDescription.sdp : '';
+    s.videoUnavailable = /^m=video 0 /m.test(sdp) || /^m=video 0 /m.test(mine);
+    if (s.videoUnavailable) {
+      system("Video isn't available with this stranger (no video format in common). You can still talk and chat.");
+      render();
     }
   }
 
@@ -950,6 +968,7 @@
     s.pc = null;
     clearTimeout(s.connectTimer);
     s.callFailed = false;
+    s.videoUnavailable = false;
     s.pendingCandidates = [];
     if (pc) {
       pc.onicecandidate = null;
@@ -1350,7 +1369,9 @@
         : 'Connecting to the server…';
     } else if (p === 'chatting') {
       const state = s.pc ? s.pc.connectionState : 'new';
-      if (state === 'failed' || s.callFailed) {
+      if (s.videoUnavailable && state !== 'failed') {
+        status = "Video isn't available with this stranger — you can still talk and chat.";
+      } else if (state === 'failed' || s.callFailed) {
         status = 'No video with this stranger. You can still chat by text.';
       } else if (s.remoteStream && !s.remoteStream.getVideoTracks().length && state === 'connected') {
         status = 'The stranger has no camera.';

@@ -27,6 +27,9 @@ struct Args {
     /// Loopback port for the server.
     #[arg(long, default_value_t = 39_517)]
     port: u16,
+    /// The peers' `--video-codec` (auto, h264, vp8).
+    #[arg(long, default_value = "auto")]
+    video_codec: String,
 }
 
 fn bin_dir() -> anyhow::Result<PathBuf> {
@@ -41,7 +44,7 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
-fn peer(dir: &Path, port: u16, extra: &[String]) -> anyhow::Result<Child> {
+fn peer(dir: &Path, port: u16, codec: &str, extra: &[String]) -> anyhow::Result<Child> {
     Ok(Command::new(dir.join("peer-stream"))
         .args([
             "--headless",
@@ -52,6 +55,7 @@ fn peer(dir: &Path, port: u16, extra: &[String]) -> anyhow::Result<Child> {
             "warn",
         ])
         .args(["--server", &format!("ws://127.0.0.1:{port}/ws")])
+        .args(["--video-codec", codec])
         .args(extra)
         .stdout(Stdio::piped())
         .spawn()?)
@@ -87,6 +91,7 @@ fn main() -> anyhow::Result<()> {
     let a = peer(
         &dir,
         args.port,
+        &args.video_codec,
         &[
             "--duration".into(),
             secs.clone(),
@@ -94,7 +99,7 @@ fn main() -> anyhow::Result<()> {
             "1.5".into(),
         ],
     )?;
-    let b = peer(&dir, args.port, &["--duration".into(), secs])?;
+    let b = peer(&dir, args.port, &args.video_codec, &["--duration".into(), secs])?;
     let (a, b) = (finish(a)?, finish(b)?);
     let mut setups = Vec::new();
     let mut latencies = Vec::new();
@@ -117,11 +122,13 @@ fn main() -> anyhow::Result<()> {
     let a = peer(
         &dir,
         args.port,
+        &args.video_codec,
         &["--duration".into(), (args.cpu_secs + 4).to_string()],
     )?;
     let b = peer(
         &dir,
         args.port,
+        &args.video_codec,
         &["--duration".into(), (args.cpu_secs + 4).to_string()],
     )?;
     std::thread::sleep(Duration::from_secs(3));
@@ -169,6 +176,7 @@ fn main() -> anyhow::Result<()> {
         "setup_ms_p99": p(&setups, 99.0),
         "latency_ms_p50": [ca["latency_ms"], cb["latency_ms"]],
         "cpu_percent_per_peer": cpu,
+        "video_codec": [ca["per_match"][0]["video_codec"].clone(), cb["per_match"][0]["video_codec"].clone()],
     });
     println!("{json}");
     Ok(())
