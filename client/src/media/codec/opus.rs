@@ -2,7 +2,9 @@
 //!
 //! Settings, and why: the VOIP application (speech-tuned, favours intelligibility);
 //! ~32 kb/s, plenty for wideband speech; in-band FEC on with an expected loss of 5 % so
-//! every packet also carries a coarse copy of the previous frame; and the signal type
+//! every packet also carries a coarse copy of the previous frame (during a call the
+//! sender should follow the loss its partner reports in RTCP receiver reports:
+//! [`OpusEncoder::set_packet_loss_perc`] with [`packet_loss_perc_for`]); and the signal type
 //! pinned to *voice*. FEC only exists in Opus' SILK layer, and Opus' music detector
 //! otherwise switches tonal input (our synthetic tone, a whistle, background music) to
 //! the CELT-only mode, which silently carries no FEC at all. When a packet is lost
@@ -44,8 +46,23 @@ impl OpusEncoder {
 
     /// Tells the encoder how lossy the path is (0‥100 %); more loss → stronger FEC.
     pub fn set_expected_loss(&mut self, percent: i32) -> Result<()> {
+        self.set_packet_loss_perc(percent)
+    }
+
+    /// The packet loss (0‥100 %) Opus plans its in-band FEC for: with 0 it sends no FEC
+    /// at all; the higher, the more bits go to the coarse copy of the previous frame
+    /// (and the fewer to this one). Feed it [`packet_loss_perc_for`] of the
+    /// `fraction_lost` the partner reports for our audio in its RTCP receiver reports.
+    pub fn set_packet_loss_perc(&mut self, percent: i32) -> Result<()> {
         self.enc
             .set_packet_loss_perc(percent.clamp(0, 100))
+            .map_err(|e| anyhow!("opus loss: {e}"))
+    }
+
+    /// The packet loss the encoder currently plans FEC for (%).
+    pub fn packet_loss_perc(&mut self) -> Result<i32> {
+        self.enc
+            .get_packet_loss_perc()
             .map_err(|e| anyhow!("opus loss: {e}"))
     }
 
@@ -68,6 +85,21 @@ impl OpusEncoder {
             .map_err(|e| anyhow!("opus encode: {e}"))
     }
 }
+
+/// The FEC loss setting for a reported loss (`fraction_lost` of an RTCP receiver report,
+/// 0.0‥1.0): the loss rounded up to a whole percent, at least [`MIN_FEC_LOSS_PERC`] (so
+/// the first loss after a clean stretch is already covered: a receiver report comes only
+/// every second or so) and at most [`MAX_FEC_LOSS_PERC`] (beyond that FEC would starve the
+/// frame itself and concealment does as well).
+pub fn packet_loss_perc_for(fraction_lost: f64) -> i32 {
+    let percent = (fraction_lost.clamp(0.0, 1.0) * 100.0).ceil() as i32;
+    percent.clamp(MIN_FEC_LOSS_PERC, MAX_FEC_LOSS_PERC)
+}
+
+/// See [`packet_loss_perc_for`].
+pub const MIN_FEC_LOSS_PERC: i32 = 2;
+/// See [`packet_loss_perc_for`].
+pub const MAX_FEC_LOSS_PERC: i32 = 30;
 
 /// Opus decoder for one incoming stream; always returns 960 samples per call.
 pub struct OpusDecoder {
@@ -138,5 +170,66 @@ mod tests {
         let kbps = bytes as f64 * 8.0 / 1000.0;
         assert!((10.0..=48.0).contains(&kbps), "{kbps} kb/s for one second");
         assert!(enc.encode(&[0; 100]).is_err());
+    }
+
+    /// Packets of a 440 Hz tone whose frame 25 is 660 Hz, encoded with `loss` % planned.
+    fn tone_with_a_blip(loss: i32) -> Vec<Vec<u8>> {
+        let mut enc = OpusEncoder::new().expect("encoder");
+        enc.set_packet_loss_perc(loss).expect("loss");
+        assert_eq!(enc.packet_loss_perc().expect("get"), loss);
+        let mut low = ToneGenerator::new(440.0);
+        let mut high = ToneGenerator::new(660.0);
+        (0..40)
+            .map(|i| {
+                let (a, b) = (low.next_frame(), high.next_frame());
+                enc.encode(if i == 25 { &b } else { &a }).expect("encode")
+            })
+            .collect()
+    }
+
+    /// What `decode_fec` of packet 26 rebuilds for the lost frame 25.
+    fn rebuilt_frame_25(packets: &[Vec<u8>]) -> Vec<i16> {
+        let mut dec = OpusDecoder::new().expect("decoder");
+        for p in &packets[..25] {
+            dec.decode(p).expect("decode");
+        }
+        dec.decode_fec(&packets[26]).expect("fec")
+    }
+
+    #[test]
+    fn fec_data_appears_only_with_packet_loss_planned() {
+        // With loss planned, packet 26 carries a copy of frame 25 (the 660 Hz blip that
+        // concealment could not guess); with 0 % Opus sends no FEC and the decoder can
+        // only conceal (440 Hz continued).
+        let with = tone_with_a_blip(10);
+        let without = tone_with_a_blip(0);
+        assert!(tone_dominates(
+            &rebuilt_frame_25(&with)[240..],
+            660.0,
+            AUDIO_RATE
+        ));
+        assert!(!tone_dominates(
+            &rebuilt_frame_25(&without)[240..],
+            660.0,
+            AUDIO_RATE
+        ));
+        // The FEC copy costs bytes.
+        let size = |ps: &[Vec<u8>]| ps[5..].iter().map(Vec::len).sum::<usize>();
+        assert!(
+            size(&with) > size(&without),
+            "{} vs {}",
+            size(&with),
+            size(&without)
+        );
+    }
+
+    #[test]
+    fn reported_loss_maps_to_a_bounded_fec_setting() {
+        assert_eq!(packet_loss_perc_for(0.0), MIN_FEC_LOSS_PERC);
+        assert_eq!(packet_loss_perc_for(0.031), 4);
+        assert_eq!(packet_loss_perc_for(0.10), 10);
+        assert_eq!(packet_loss_perc_for(0.9), MAX_FEC_LOSS_PERC);
+        assert_eq!(packet_loss_perc_for(f64::NAN), MIN_FEC_LOSS_PERC);
+        assert_eq!(packet_loss_perc_for(-1.0), MIN_FEC_LOSS_PERC);
     }
 }
