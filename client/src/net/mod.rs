@@ -2,6 +2,7 @@
 //! peer connection.
 
 pub mod assembler;
+pub mod candidates;
 pub mod gather;
 pub mod keyframe;
 pub mod peer;
