@@ -18,7 +18,13 @@ use std::time::Duration;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn start(port: u16, dir: Option<tempfile::TempDir>) -> common::Server {
-    common::start_server(port, dir, 600).await
+    common::start_server_with(port, dir, |cfg| {
+        cfg.rematch_cooldown_secs = 600;
+        // A killed peer (no close frame) keeps its session this long for a resume
+        // before its partner is told (client/tests/resume.rs tests the resume itself).
+        cfg.resume_window_secs = 3;
+    })
+    .await
 }
 
 fn peer(port: u16, extra: &[&str]) -> Child {

@@ -5,9 +5,15 @@
 //! Phases: idle → searching → matched → connecting → live → ended, with reconnecting
 //! when the server is lost. The machine also remembers whether the user *wants* to be
 //! searching, so after a server restart it re-joins the queue on its own.
+//!
+//! A lost server connection does not end a call: media flows peer to peer, and the
+//! server keeps the session for its resume window. The machine keeps the call (or the
+//! search) and the `resume_token` of the last `welcome`, says `hello` with `resume` on
+//! the next connection, and only ends what it kept when the answer is a new session.
 
 use peer_stream_shared::{
-    CallPath, ClientMessage, ErrorCode, IceServer, MatchId, PartnerLeftReason, Role, ServerMessage,
+    CallPath, ClientMessage, ErrorCode, IceServer, MatchId, NextReason, PartnerLeftReason, Role,
+    ServerMessage,
 };
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -185,7 +191,20 @@ pub struct Session {
     undo_pending: bool,
     /// The last match a `call_report` was sent for (one per match).
     call_reported: Option<MatchId>,
+    /// The `resume_token` of the last `welcome`: sent in the next `hello`'s `resume`.
+    resume_token: Option<String>,
+    /// Set while the server connection is lost and the server may still hold our
+    /// session: what we were doing when it was lost.
+    away: Option<Away>,
     out: VecDeque<Output>,
+}
+
+/// What the session was doing when its server connection was lost.
+#[derive(Debug)]
+struct Away {
+    phase: Phase,
+    /// The match the server thinks we are in.
+    server_match: Option<MatchId>,
 }
 
 impl Session {
@@ -203,6 +222,8 @@ impl Session {
             undo_generation: 0,
             undo_pending: false,
             call_reported: None,
+            resume_token: None,
+            away: None,
             out: VecDeque::new(),
         }
     }
@@ -343,6 +364,11 @@ impl Session {
                 let Some(match_id) = self.current_match().cloned() else {
                     return;
                 };
+                if !self.welcomed {
+                    // The call goes on while we reconnect, but nothing reaches the server.
+                    self.system("Not sent: reconnecting to the server…");
+                    return;
+                }
                 let text = text.trim().to_owned();
                 if text.is_empty() {
                     return;
@@ -361,6 +387,9 @@ impl Session {
                 });
             }
             Input::Typing(active) => {
+                if !self.welcomed {
+                    return;
+                }
                 if let Some(match_id) = self.current_match().cloned() {
                     self.send(ClientMessage::Typing { match_id, active });
                 }
@@ -426,21 +455,27 @@ impl Session {
                     version: peer_stream_shared::PROTOCOL_VERSION,
                     client: self.client_name.clone(),
                     counts: true,
-                    resume: None,
+                    resume: self.resume_token.clone(),
                 });
             }
             Input::ServerLost => {
                 self.welcomed = false;
-                // A new server session cannot undo or block what the old one did.
-                self.status.undo = None;
-                self.undo_pending = false;
-                self.last_match = None;
-                self.update_can_block();
-                if self.in_call() {
-                    self.end_call(EndReason::ServerLost);
-                    self.system("Lost the connection to the server.");
+                if self.resume_token.is_some() {
+                    // The server may keep our session for a while: keep the call (its
+                    // media is peer to peer) or the search, and ask for them back.
+                    if self.away.is_none() {
+                        self.away = Some(Away {
+                            phase: self.phase.clone(),
+                            server_match: self.current_match().cloned(),
+                        });
+                    }
+                    if !self.in_call() && !matches!(self.phase, Phase::Searching { .. }) {
+                        self.phase = Phase::Reconnecting;
+                    }
+                } else {
+                    self.session_lost();
+                    self.phase = Phase::Reconnecting;
                 }
-                self.phase = Phase::Reconnecting;
             }
             Input::Server(msg) => self.on_server(msg),
             Input::PeerConnected(id) => {
@@ -478,15 +513,83 @@ impl Session {
         }
     }
 
+    /// The server session is gone: a new one cannot undo or block what the old one did,
+    /// and a call we kept is over.
+    fn session_lost(&mut self) {
+        self.status.undo = None;
+        self.undo_pending = false;
+        self.last_match = None;
+        self.update_can_block();
+        if self.in_call() {
+            self.end_call(EndReason::ServerLost);
+            self.system("Lost the connection to the server.");
+        }
+    }
+
+    /// `welcome` with `resumed`: the server kept our session while we were away. Catch
+    /// it up with what the user did meanwhile (Stop, or a call whose media failed).
+    fn resumed(&mut self, away: Away) {
+        if self.phase == Phase::Reconnecting {
+            self.phase = away.phase.clone();
+        }
+        let in_server_queue =
+            away.server_match.is_none() && matches!(away.phase, Phase::Searching { .. });
+        if !self.wants_search {
+            // Stop was pressed while we were away.
+            if self.in_call() {
+                self.end_call(EndReason::WeLeft);
+                self.system("You have disconnected.");
+            }
+            if away.server_match.is_some() || in_server_queue {
+                self.send(ClientMessage::Leave);
+            }
+            if !matches!(self.phase, Phase::Ended { .. }) {
+                self.phase = Phase::Idle;
+            }
+            return;
+        }
+        match &away.server_match {
+            Some(m) if self.current_match() == Some(m) => {} // the call goes on
+            Some(_) => {
+                // The call ended here while we were away (its media failed).
+                self.send(ClientMessage::Next {
+                    reason: Some(NextReason::ConnectionFailed),
+                });
+                self.phase = Phase::Searching { waiting: 0 };
+            }
+            None if in_server_queue => {} // still waiting in the queue
+            None => self.join(),
+        }
+    }
+
     fn on_server(&mut self, msg: ServerMessage) {
         match msg {
-            ServerMessage::Welcome { online, .. } => {
+            ServerMessage::Welcome {
+                online,
+                resume_token,
+                resumed,
+                ..
+            } => {
                 self.welcomed = true;
+                self.resume_token = resume_token;
                 self.set_counts(Some(online), None);
-                if self.wants_search {
-                    self.join();
-                } else {
-                    self.phase = Phase::Idle;
+                let away = self.away.take();
+                if let (true, Some(away)) = (resumed, &away) {
+                    tracing::info!(phase = ?away.phase, "server session resumed");
+                }
+                match (resumed, away) {
+                    (true, Some(away)) => self.resumed(away),
+                    (_, away) => {
+                        if away.is_some() {
+                            // A new session: what we kept from the old one is over.
+                            self.session_lost();
+                        }
+                        if self.wants_search {
+                            self.join();
+                        } else {
+                            self.phase = Phase::Idle;
+                        }
+                    }
                 }
             }
             ServerMessage::Queued { waiting } => {
@@ -663,6 +766,175 @@ mod tests {
             ice_servers: vec![],
             resumed: false,
         }));
+    }
+
+    fn welcome(token: &str, resumed: bool) -> Input {
+        Input::Server(ServerMessage::Welcome {
+            version: 1,
+            session_id: "me".into(),
+            online: 2,
+            resume_token: Some(token.into()),
+            resumed,
+        })
+    }
+
+    /// Welcomed with token `t1`, searching, matched in `m1`, live.
+    fn live_with_token() -> Session {
+        let mut s = Session::new("test/1", false);
+        s.handle(Input::Start { interests: vec![] });
+        s.handle(Input::ServerConnected);
+        s.handle(welcome("t1", false));
+        matched(&mut s, "m1", Role::Offerer);
+        s.handle(Input::PeerConnected("m1".into()));
+        drain(&mut s);
+        assert_eq!(
+            s.phase(),
+            &Phase::Live {
+                match_id: "m1".into()
+            }
+        );
+        s
+    }
+
+    /// The server connection drops and comes back; returns what the machine sent.
+    fn lose_and_reconnect(s: &mut Session) -> Vec<Output> {
+        s.handle(Input::ServerLost);
+        s.handle(Input::ServerLost); // a failed attempt changes nothing
+        s.handle(Input::ServerConnected);
+        drain(s)
+    }
+
+    #[test]
+    fn a_lost_server_connection_keeps_the_call_and_resumes_it() {
+        let mut s = live_with_token();
+        s.handle(Input::ServerLost);
+        let outs = drain(&mut s);
+        assert!(
+            !outs.contains(&Output::StopPeer),
+            "the call goes on: {outs:?}"
+        );
+        assert_eq!(
+            s.phase(),
+            &Phase::Live {
+                match_id: "m1".into()
+            }
+        );
+        // Chat cannot reach the server meanwhile: said plainly, not sent.
+        s.handle(Input::SendChat("hi".into()));
+        let outs = drain(&mut s);
+        assert!(sends(&outs).is_empty(), "{outs:?}");
+        assert!(outs.contains(&Output::Notify(Notice::System(
+            "Not sent: reconnecting to the server…".into()
+        ))));
+        s.handle(Input::ServerConnected);
+        assert_eq!(
+            sends(&drain(&mut s)),
+            vec![ClientMessage::Hello {
+                version: 1,
+                client: "test/1".into(),
+                counts: true,
+                resume: Some("t1".into()),
+            }]
+        );
+        s.handle(welcome("t2", true));
+        let outs = drain(&mut s);
+        assert!(sends(&outs).is_empty(), "no join, no next: {outs:?}");
+        assert!(!outs.contains(&Output::StopPeer));
+        assert_eq!(
+            s.phase(),
+            &Phase::Live {
+                match_id: "m1".into()
+            }
+        );
+        // The next loss resumes with the new token.
+        let outs = lose_and_reconnect(&mut s);
+        assert!(matches!(
+            &sends(&outs)[..],
+            [ClientMessage::Hello { resume: Some(t), .. }] if t == "t2"
+        ));
+        s.handle(welcome("t3", true));
+        drain(&mut s);
+        s.handle(Input::SendChat("still here".into()));
+        assert!(matches!(
+            &sends(&drain(&mut s))[..],
+            [ClientMessage::Chat { .. }]
+        ));
+    }
+
+    #[test]
+    fn a_new_session_after_the_loss_ends_the_kept_call_and_searches_again() {
+        let mut s = live_with_token();
+        lose_and_reconnect(&mut s);
+        s.handle(welcome("t9", false));
+        let outs = drain(&mut s);
+        assert!(outs.contains(&Output::StopPeer), "{outs:?}");
+        assert!(outs.contains(&Output::Notify(Notice::System(
+            "Lost the connection to the server.".into()
+        ))));
+        assert_eq!(
+            sends(&outs),
+            vec![ClientMessage::Join { interests: vec![] }]
+        );
+        assert!(
+            !s.status().can_block,
+            "a new session cannot block the old stranger"
+        );
+    }
+
+    #[test]
+    fn a_call_that_failed_while_away_is_skipped_on_resume() {
+        let mut s = live_with_token();
+        s.handle(Input::ServerLost);
+        s.handle(Input::PeerFailed("m1".into()));
+        let outs = drain(&mut s);
+        assert!(outs.contains(&Output::StopPeer));
+        assert!(
+            sends(&outs).is_empty(),
+            "nothing reaches the server: {outs:?}"
+        );
+        s.handle(Input::ServerConnected);
+        s.handle(welcome("t2", true));
+        let outs = drain(&mut s);
+        assert_eq!(
+            sends(&outs)[1..],
+            [ClientMessage::Next {
+                reason: Some(NextReason::ConnectionFailed)
+            }]
+        );
+        assert_eq!(s.phase(), &Phase::Searching { waiting: 0 });
+    }
+
+    #[test]
+    fn stop_while_away_leaves_on_resume() {
+        let mut s = live_with_token();
+        s.handle(Input::ServerLost);
+        s.handle(Input::Stop);
+        s.handle(Input::ServerConnected);
+        s.handle(welcome("t2", true));
+        let outs = drain(&mut s);
+        assert!(outs.contains(&Output::StopPeer));
+        assert_eq!(sends(&outs)[1..], [ClientMessage::Leave]);
+        assert!(matches!(s.phase(), Phase::Ended { .. } | Phase::Idle));
+    }
+
+    #[test]
+    fn a_search_survives_a_lost_connection() {
+        let mut s = Session::new("test/1", true);
+        s.handle(Input::Start { interests: vec![] });
+        s.handle(Input::ServerConnected);
+        s.handle(welcome("t1", false));
+        drain(&mut s);
+        let outs = lose_and_reconnect(&mut s);
+        assert_eq!(s.phase(), &Phase::Searching { waiting: 0 });
+        assert_eq!(sends(&outs).len(), 1, "only hello: {outs:?}");
+        s.handle(welcome("t2", true));
+        assert!(sends(&drain(&mut s)).is_empty(), "still queued: no join");
+        // A server without resuming (no token) ends it as before.
+        let mut s = welcomed();
+        s.handle(Input::Start { interests: vec![] });
+        drain(&mut s);
+        s.handle(Input::ServerLost);
+        assert_eq!(s.phase(), &Phase::Reconnecting);
     }
 
     #[test]
