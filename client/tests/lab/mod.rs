@@ -221,6 +221,10 @@ impl Drop for Lab {
             kill_all_in(ns);
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
+        if std::env::var("PEER_STREAM_NETLAB_KEEP").is_ok_and(|v| v == "1") {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+            eprintln!("network lab: logs kept in {}", dir.keep().display());
+        }
     }
 }
 
