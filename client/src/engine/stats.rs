@@ -163,6 +163,16 @@ impl Counters {
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
+        // One short lock, released before the literal below takes others (a guard made
+        // inside the literal lives to its end, and `peer_stats` would deadlock on it).
+        let (video_codec, video_unavailable) = {
+            let i = self.inner();
+            let last = i.matches.last();
+            (
+                last.and_then(|m| m.video_codec.clone()),
+                last.is_some_and(|m| m.video_unavailable),
+            )
+        };
         StatsSnapshot {
             at: Instant::now(),
             frames_sent: self.frames_sent.load(Relaxed),
@@ -173,12 +183,8 @@ impl Counters {
             audio_frames_sent: self.audio_frames_sent.load(Relaxed),
             audio_frames_decoded: self.audio_frames_decoded.load(Relaxed),
             peer: self.peer_stats(),
-            video_codec: self
-                .inner()
-                .matches
-                .last()
-                .and_then(|m| m.video_codec.clone()),
-            video_unavailable: self.video_unavailable(),
+            video_codec,
+            video_unavailable,
         }
     }
 }
@@ -281,6 +287,19 @@ mod tests {
         assert_eq!(m[0].frames_decoded, 3);
         assert_eq!(m[1].seq_regressions, 0);
         assert!(m[1].setup_ms.is_some());
+    }
+
+    #[test]
+    fn snapshot_does_not_hold_the_lock_across_itself() {
+        let c = Counters::default();
+        c.match_started("m1");
+        c.set_video_codec("m1", Some(crate::media::codec::video::VideoCodec::Vp8));
+        // Would deadlock (and hang this test) if one lock guard outlived its use.
+        let snap = c.snapshot();
+        assert_eq!(snap.video_codec.as_deref(), Some("VP8"));
+        assert!(!snap.video_unavailable);
+        c.set_video_codec("m1", None);
+        assert!(c.snapshot().video_unavailable);
     }
 
     #[test]
