@@ -83,13 +83,8 @@ pub async fn gather(
     }
     let handler = Arc::new(Handler::default());
     let udp_addrs = if udp_addrs.is_empty() {
-        // The addresses a call binds by default (`peer.rs`): the LAN address, then
-        // loopback.
-        super::lan_ip()
-            .map(|ip| format!("{ip}:0"))
-            .into_iter()
-            .chain(["127.0.0.1:0".to_owned()])
-            .collect()
+        // The addresses a call binds by default (`peer.rs`).
+        super::candidates::host_bind_addrs(super::lan_ip())
     } else {
         udp_addrs.to_vec()
     };

@@ -162,6 +162,8 @@ struct Handler {
     events: mpsc::Sender<PeerEvent>,
     sinks: RemoteSinks,
     remote_video: RemoteVideo,
+    /// The addresses we gather on: a loopback candidate goes out only when all are.
+    udp_addrs: Vec<String>,
 }
 
 #[async_trait::async_trait]
@@ -169,6 +171,10 @@ impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
         match event.candidate.to_json() {
             Ok(init) => {
+                if !super::candidates::offer_local_candidate(&init.candidate, &self.udp_addrs) {
+                    tracing::debug!(candidate = %init.candidate, "not offering a loopback candidate");
+                    return;
+                }
                 // An empty mid means "unknown" (the stack fills none in); send it as
                 // absent so the partner matches the candidate by m-line index.
                 let payload = SignalPayload::Candidate {
@@ -494,6 +500,8 @@ pub struct Peer {
 
 struct PeerInner {
     pc: Arc<dyn PeerConnection>,
+    /// The local addresses ICE gathers on (see `candidates.rs`).
+    udp_addrs: Vec<String>,
     video_codecs: Vec<VideoCodec>,
     video: VideoOut,
     audio: Outgoing,
@@ -546,20 +554,30 @@ impl Peer {
         }
         let config = config.build();
         let remote_video = Arc::new(Mutex::new(None));
+        let udp_addrs = if settings.udp_addrs.is_empty() {
+            super::candidates::host_bind_addrs(super::lan_ip())
+        } else {
+            settings.udp_addrs.clone()
+        };
         let handler = Arc::new(Handler {
             events: events.clone(),
             sinks,
             remote_video: Arc::clone(&remote_video),
+            udp_addrs: udp_addrs.clone(),
         });
-        let udp_addrs = if settings.udp_addrs.is_empty() {
-            default_udp_addrs()
-        } else {
-            settings.udp_addrs.clone()
-        };
         // ICE checks every 50 ms instead of 200 ms (same 1.4 s budget): on a direct path
         // the call connects a few round trips sooner, which is most of call setup.
+        // A relay pair may be chosen after 0.5 s instead of webrtc's 2 s: a direct path,
+        // when there is one, has answered its checks by then (tens of ms on real
+        // networks), and a relay-only call no longer idles. With `--ice-policy relay`
+        // there is nothing else to wait for.
+        let relay_wait = match settings.ice_policy {
+            IcePolicy::Relay => Duration::ZERO,
+            IcePolicy::All => Duration::from_millis(500),
+        };
         let setting_engine = SettingEngineBuilder::new()
             .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(28))
+            .with_relay_acceptance_min_wait(Some(relay_wait))
             .build();
         let pc = PeerConnectionBuilder::new()
             .with_configuration(config)
@@ -567,7 +585,7 @@ impl Peer {
             .with_media_engine(media)
             .with_interceptor_registry(registry)
             .with_handler(handler)
-            .with_udp_addrs(udp_addrs)
+            .with_udp_addrs(udp_addrs.clone())
             .build()
             .await
             .map_err(|e| anyhow!("peer connection: {e}"))?;
@@ -616,6 +634,7 @@ impl Peer {
         Ok(Self {
             inner: Arc::new(PeerInner {
                 pc,
+                udp_addrs,
                 video_codecs: settings.video_codecs.clone(),
                 video: VideoOut {
                     track: video_track,
@@ -766,6 +785,10 @@ impl Peer {
         if candidate.trim().is_empty() {
             return Ok(());
         }
+        if !super::candidates::usable_remote_candidate(&candidate, &self.inner.udp_addrs) {
+            tracing::debug!(%candidate, "ignoring a partner's candidate that cannot work here");
+            return Ok(());
+        }
         let init = RTCIceCandidateInit {
             candidate,
             sdp_mid,
@@ -899,18 +922,6 @@ async fn watch_keyframe_requests(track: Arc<TrackLocalStaticRTP>, events: mpsc::
             }
         }
     }
-}
-
-/// Host candidates on every usable interface. webrtc binds what it is given; binding
-/// `0.0.0.0` would skip loopback, so list real addresses (and loopback as a fallback, so
-/// two apps on one machine without a network still connect).
-fn default_udp_addrs() -> Vec<String> {
-    let mut addrs: Vec<String> = super::lan_ip()
-        .map(|ip| format!("{ip}:0"))
-        .into_iter()
-        .collect();
-    addrs.push("127.0.0.1:0".to_owned());
-    addrs
 }
 
 /// Parses a relayed signal payload.

@@ -89,7 +89,8 @@ impl std::fmt::Display for VideoCodec {
 
 /// The encoder of the outgoing video.
 pub enum VideoEncoder {
-    H264(H264Encoder),
+    // Boxed: openh264's encoder state is ~7 KiB, libvpx's lives on the C heap.
+    H264(Box<H264Encoder>),
     #[cfg(feature = "vp8")]
     Vp8(Vp8Encoder),
 }
@@ -103,12 +104,12 @@ impl VideoEncoder {
         bitrate_bps: u32,
     ) -> Result<Self> {
         match codec {
-            VideoCodec::H264 => Ok(Self::H264(H264Encoder::new(
+            VideoCodec::H264 => Ok(Self::H264(Box::new(H264Encoder::new(
                 width,
                 height,
                 fps,
                 bitrate_bps,
-            )?)),
+            )?))),
             #[cfg(feature = "vp8")]
             VideoCodec::Vp8 => Ok(Self::Vp8(Vp8Encoder::new(width, height, fps, bitrate_bps)?)),
             #[cfg(not(feature = "vp8"))]
