@@ -2,8 +2,9 @@
 //! (headless, fake camera and microphone from the profile's `user.js`) over WebDriver
 //! BiDi (`common/bidi.rs`), meeting another Firefox, Chromium (both role orders), our
 //! headless desktop peer (both role orders, VP8: Firefox has no H.264 without the
-//! OpenH264 plugin), and going through its own Next / Stop / Report flow. Video and
-//! audio are checked on both sides: the page's `stats()` and the desktop peer's JSON.
+//! OpenH264 plugin; and audio only with a desktop peer limited to H.264), and going
+//! through its own Next / Stop / Report flow. Video and audio are checked on both
+//! sides: the page's `stats()` and the desktop peer's JSON.
 //!
 //! Without a Firefox these tests skip with a message (fail under `CI=true`); install
 //! Debian's `firefox-esr` (`scripts/deps.sh --test` does) or point `PEER_STREAM_FIREFOX`
