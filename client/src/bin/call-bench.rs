@@ -99,7 +99,12 @@ fn main() -> anyhow::Result<()> {
             "1.5".into(),
         ],
     )?;
-    let b = peer(&dir, args.port, &args.video_codec, &["--duration".into(), secs])?;
+    let b = peer(
+        &dir,
+        args.port,
+        &args.video_codec,
+        &["--duration".into(), secs],
+    )?;
     let (a, b) = (finish(a)?, finish(b)?);
     let mut setups = Vec::new();
     let mut latencies = Vec::new();
