@@ -578,6 +578,15 @@ impl Peer {
         let setting_engine = SettingEngineBuilder::new()
             .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(28))
             .with_relay_acceptance_min_wait(Some(relay_wait))
+            // A vanished path is noticed fast: a keepalive every 1 s, disconnected after
+            // 2.5 s of silence (the UI says "reconnecting" and the offerer restarts ICE),
+            // failed 7.5 s later (10 s in all; the session gives up then). webrtc's
+            // defaults are 2 s, 5 s and 25 s.
+            .with_ice_timeouts(
+                Some(Duration::from_millis(2500)),
+                Some(Duration::from_millis(7500)),
+                Some(Duration::from_secs(1)),
+            )
             .build();
         let pc = PeerConnectionBuilder::new()
             .with_configuration(config)
