@@ -56,23 +56,6 @@ fn assert_moving_video(v: &Value) {
     }
 }
 
-/// The server's `/metrics` text (a plain HTTP/1.0 GET on its port).
-async fn metrics(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let get = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            .await?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).await?;
-        Ok::<_, std::io::Error>(body)
-    };
-    tokio::time::timeout(Duration::from_secs(10), get)
-        .await
-        .expect("GET /metrics in time")
-        .expect("GET /metrics")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_peers_see_hear_and_chat() {
     let _serial = SERIAL.lock().await;
@@ -86,7 +69,7 @@ async fn two_peers_see_hear_and_chat() {
         &["--duration", "9", "--tone-hz", "660", "--say", "hi from B"],
     );
     let (a, b) = common::summaries(a, b, Duration::from_secs(60)).await;
-    let text = metrics(server.port).await;
+    let text = common::metrics_text(server.port).await;
     server.stop().await;
     eprintln!("A: {a}\nB: {b}");
     // Each side sent its call_report once (on loopback the path is host).

@@ -10,6 +10,7 @@
 
 mod common;
 
+use common::proxy::Proxy;
 use common::u;
 use peer_stream::net::signaling::{self, SignalingEvent};
 use peer_stream::session::machine::{Input, Notice, Output, Phase, Session};
@@ -20,73 +21,12 @@ use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// The capture rate of the headless peer's synthetic camera: a frame's number can never
 /// run ahead of this many per second since the peer started.
 const FPS: f64 = 30.0;
-
-/// A loopback TCP proxy to the server that can cut every connection it carries.
-struct Proxy {
-    port: u16,
-    /// Cancelled to cut the connections of the current generation.
-    generation: Arc<Mutex<CancellationToken>>,
-    accepted: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(upstream: u16) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let generation = Arc::new(Mutex::new(CancellationToken::new()));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn({
-            let generation = Arc::clone(&generation);
-            let accepted = Arc::clone(&accepted);
-            async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
-                    accepted.fetch_add(1, Relaxed);
-                    let cut = generation.lock().unwrap().clone();
-                    tokio::spawn(async move {
-                        let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", upstream)).await
-                        else {
-                            return;
-                        };
-                        // On a cut both sockets are dropped: each side sees its TCP
-                        // connection end without a WebSocket close frame.
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                            _ = cut.cancelled() => {}
-                        }
-                    });
-                }
-            }
-        });
-        Proxy {
-            port,
-            generation,
-            accepted,
-            task,
-        }
-    }
-
-    /// Drops every connection open now; later ones are carried again.
-    fn cut(&self) {
-        let mut g = self.generation.lock().unwrap();
-        g.cancel();
-        *g = CancellationToken::new();
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.generation.lock().unwrap().cancel();
-        self.task.abort();
-    }
-}
 
 /// The app's session without media: its real signaling task and session machine, with a
 /// call that "connects" as soon as it starts. The test reads its phase and notices.
@@ -145,7 +85,8 @@ impl Bot {
                                 Output::Notify(n) => {
                                     let _ = notice_tx.send(n);
                                 }
-                                Output::PeerSignal { .. } | Output::StopPeer => {}
+                                // Media outputs: this bot has no media.
+                                _ => {}
                             }
                         }
                     }
@@ -254,7 +195,7 @@ async fn the_apps_session_survives_a_cut_signaling_connection() {
         );
     }
     assert!(proxy.accepted.load(Relaxed) >= 2, "A reconnected");
-    let text = metrics(server.port).await;
+    let text = common::metrics_text(server.port).await;
     assert_eq!(
         metric(&text, "peer_stream_sessions_resumed_total"),
         1.0,
@@ -289,18 +230,6 @@ fn peer(port: u16, duration_secs: u32) -> Child {
     cmd.spawn().expect("start a headless peer")
 }
 
-/// The server's `/metrics` text.
-async fn metrics(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    body
-}
-
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
@@ -331,7 +260,11 @@ async fn a_call_goes_on_when_the_signaling_connection_is_cut() {
 
     // Matched, then a few seconds of call; then A's signaling connection is cut.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(&metrics(server.port).await, "peer_stream_matches_total") < 1.0 {
+    while metric(
+        &common::metrics_text(server.port).await,
+        "peer_stream_matches_total",
+    ) < 1.0
+    {
         assert!(Instant::now() < deadline, "the peers were not matched");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -342,7 +275,7 @@ async fn a_call_goes_on_when_the_signaling_connection_is_cut() {
 
     let (a, b) = common::summaries(a, b, Duration::from_secs(90)).await;
     reaper.0.clear();
-    let text = metrics(server.port).await;
+    let text = common::metrics_text(server.port).await;
     eprintln!("A: {a}\nB: {b}");
     assert!(
         proxy.accepted.load(Relaxed) >= 2,

@@ -137,6 +137,10 @@
     pc: null,
     connectTimer: null,
     callFailed: false,
+    // Resuming (PROTOCOL.md "Resuming a session"): the token from the last welcome, and
+    // whether the socket dropped with a call or search that a resume may keep.
+    resumeToken: null,
+    awaitingResume: false,
     // The answer rejected video (no codec in common): an audio-only call.
     videoUnavailable: false,
     remoteStream: null,
@@ -205,7 +209,9 @@
     render();
     ws.onopen = () => {
       if (ws !== s.ws) return;
-      send({ type: 'hello', version: PROTOCOL_VERSION, client: CLIENT_NAME, counts: true });
+      const hello = { type: 'hello', version: PROTOCOL_VERSION, client: CLIENT_NAME, counts: true };
+      if (s.awaitingResume && s.resumeToken) hello.resume = s.resumeToken;
+      send(hello);
     };
     ws.onmessage = (ev) => {
       if (ws !== s.ws || typeof ev.data !== 'string') return;
@@ -239,7 +245,17 @@
     const wasWelcomed = s.welcomed;
     s.welcomed = false;
     s.queued = false;
-    if (s.phase === 'chatting') {
+    // Media flows peer to peer: a call (or a place in the queue) outlives the signaling
+    // connection if we come back within the server's resume window. A close the server
+    // meant (restart 1001/1012 aside, a ban or a protocol error) ends it as before.
+    const resumable =
+      wasWelcomed && s.resumeToken && !s.fatal && ![1000, 1008, 1009].includes(ev.code);
+    if (resumable && (s.phase === 'chatting' || s.phase === 'searching')) {
+      if (!s.awaitingResume && s.phase === 'chatting') {
+        system('Lost the connection to the server — reconnecting; the call goes on.');
+      }
+      s.awaitingResume = true;
+    } else if (s.phase === 'chatting') {
       endCall();
       system('Lost the connection to the server.');
       setPhase('ended');
@@ -265,11 +281,27 @@
     switch (msg.type) {
       case 'welcome':
         s.welcomed = true;
+        s.resumeToken = typeof msg.resume_token === 'string' ? msg.resume_token : null;
+        const resumed = s.awaitingResume && msg.resumed === true;
+        if (s.awaitingResume) {
+          s.awaitingResume = false;
+          if (resumed) {
+            // Same session, same match or queue place; the partner never noticed.
+            if (s.phase === 'searching') s.queued = true;
+            if (s.phase === 'chatting') system('Reconnected to the server.');
+          } else if (s.phase === 'chatting') {
+            // Too late (the window passed, or the server restarted): the match is gone.
+            endCall();
+            system('Lost the connection to the server.');
+            setPhase('ended');
+          }
+        }
         s.sessionId = msg.session_id;
         s.online = typeof msg.online === 'number' ? msg.online : null;
         s.retryDelay = 1000;
         if (!s.fatal) hideBanner();
-        if (s.wantSearch && s.phase === 'searching') sendJoin();
+        // A resumed session is back in its old queue place: no second join.
+        if (!resumed && s.wantSearch && s.phase === 'searching') sendJoin();
         render();
         break;
       case 'queued':
@@ -570,7 +602,10 @@
   function sendChat(raw) {
     const text = clampChars(raw.trim(), MAX_CHAT_CHARS);
     if (!text || s.phase !== 'chatting' || !s.matchId) return false;
-    if (!send({ type: 'chat', match_id: s.matchId, text })) return false;
+    if (!send({ type: 'chat', match_id: s.matchId, text })) {
+      if (s.awaitingResume) system('Not sent: reconnecting to the server…');
+      return false;
+    }
     addChatLine('me', text);
     setTyping(false);
     return true;

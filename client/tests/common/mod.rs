@@ -13,6 +13,7 @@ pub mod cdp;
 pub mod coturn;
 #[cfg(target_os = "linux")]
 pub mod page;
+pub mod proxy;
 
 use peer_stream_server::{run, Config};
 use serde_json::Value;
@@ -173,4 +174,21 @@ pub fn u(v: &Value, key: &str) -> u64 {
     v[key]
         .as_u64()
         .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+/// The server's `/metrics` text (a plain HTTP/1.0 GET on its port).
+pub async fn metrics_text(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let get = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await?;
+        Ok::<_, std::io::Error>(body)
+    };
+    tokio::time::timeout(Duration::from_secs(10), get)
+        .await
+        .expect("GET /metrics in time")
+        .expect("GET /metrics")
 }
