@@ -141,6 +141,7 @@ impl Default for FakeInner {
                 chat_muted: false,
                 resumed: false,
                 can_block: false,
+                peer_lost: false,
                 stats: CallStats::default(),
                 stranger_typing: false,
                 video_source: "Synthetic test pattern 640x480".into(),

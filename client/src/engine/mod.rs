@@ -119,6 +119,8 @@ pub struct EngineState {
     pub resumed: bool,
     /// There is a current or last stranger who can be blocked.
     pub can_block: bool,
+    /// The live call lost its path to the stranger and is reconnecting.
+    pub peer_lost: bool,
     pub stats: CallStats,
     pub stranger_typing: bool,
     pub video_source: String,
@@ -169,6 +171,7 @@ impl Engine {
             chat_muted: false,
             resumed: false,
             can_block: false,
+            peer_lost: false,
             stats: CallStats::default(),
             stranger_typing: false,
             video_source: hub.video_name.clone(),

@@ -27,6 +27,14 @@ pub struct MatchRecord {
     /// Negotiation finished without a shared video codec: the call is audio only.
     #[serde(skip)]
     pub video_unavailable: bool,
+    /// The longest gap in ms between two consecutive decoded remote frames of the
+    /// match (reconnecting periods included); `None` with fewer than two frames.
+    pub max_freeze_ms: Option<f64>,
+    /// ICE restarts this side started in the match.
+    pub ice_restarts: u64,
+    /// When the last remote frame of the match was decoded.
+    #[serde(skip)]
+    pub last_frame_at: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -104,6 +112,11 @@ impl Counters {
             return;
         };
         rec.frames_decoded += 1;
+        let now = Instant::now();
+        if let Some(last) = rec.last_frame_at.replace(now) {
+            let gap_ms = now.duration_since(last).as_secs_f64() * 1000.0;
+            rec.max_freeze_ms = Some(rec.max_freeze_ms.map_or(gap_ms, |m| m.max(gap_ms)));
+        }
         if rec.setup_ms.is_none() {
             rec.setup_ms = started.map(|s| s.elapsed().as_secs_f64() * 1000.0);
         }
@@ -118,6 +131,14 @@ impl Counters {
             if (0.0..10_000.0).contains(&latency_ms) {
                 i.latencies_ms.push(latency_ms);
             }
+        }
+    }
+
+    /// This side restarted ICE in `match_id`.
+    pub fn ice_restarted(&self, match_id: &str) {
+        let mut i = self.inner();
+        if let Some(rec) = i.matches.iter_mut().rev().find(|m| m.match_id == match_id) {
+            rec.ice_restarts += 1;
         }
     }
 

@@ -41,10 +41,10 @@ use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
-    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceServer,
-    RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription, SettingEngineBuilder,
+    configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceServer, RTCIceTransportPolicy,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -85,7 +85,9 @@ pub enum PeerState {
 pub struct ReceivedMedia {
     pub data: Bytes,
     pub rtp_timestamp: u32,
-    /// Packets the sample builder dropped before this one (a hint to request a keyframe).
+    /// Packets missing before this one. Audio: the decoder conceals them (FEC/PLC).
+    /// Video: always 0 — the frame assembler hands on only decodable frames and asks for
+    /// a keyframe itself after a loss.
     pub dropped_before: u16,
 }
 
@@ -247,6 +249,39 @@ fn h264_codec() -> RTCRtpCodec {
     }
 }
 
+/// webrtc's default interceptors (`register_default_interceptors`: NACK both ways, TWCC
+/// receiver, RTCP reports), with the NACK generator ticking every 20 ms instead of
+/// 100 ms: the frame assembler holds a hole for 150 ms, and a lost NACK or retransmission
+/// then still gets another try within it (measured under 5 % loss: 99–100 % of frames
+/// decoded instead of 90–97 %). Spelled out rather than replacing the default generator
+/// afterwards, which webrtc announces with a warning on every call.
+fn interceptors(media: &mut MediaEngine) -> anyhow::Result<Registry> {
+    for parameter in ["", "pli"] {
+        media.register_feedback(
+            RTCPFeedback {
+                typ: "nack".to_owned(),
+                parameter: parameter.to_owned(),
+            },
+            RtpCodecKind::Video,
+        );
+    }
+    let registry = Registry::new()
+        .with(
+            Slot::NackResponder,
+            rtc::interceptor::NackResponderBuilder::new().build(),
+        )
+        .with(
+            Slot::NackGenerator,
+            rtc::interceptor::NackGeneratorBuilder::new()
+                .with_interval(Duration::from_millis(20))
+                .build(),
+        );
+    configure_simulcast_extension_headers(media).map_err(|e| anyhow!("interceptors: {e}"))?;
+    let registry =
+        configure_twcc_receiver_only(registry, media).map_err(|e| anyhow!("interceptors: {e}"))?;
+    Ok(configure_rtcp_reports(registry))
+}
+
 fn vp8_codec() -> RTCRtpCodec {
     let fb = |typ: &str, parameter: &str| RTCPFeedback {
         typ: typ.to_owned(),
@@ -337,10 +372,13 @@ fn opus_codec() -> RTCRtpCodec {
     }
 }
 
-/// Our sending track's description. The id stays the same when the video track is
-/// re-made for another codec: RTCP about it is routed by track id.
+/// Our sending track's description. RTCP is routed by track id, remote tracks first, so
+/// the id must differ from the partner's track of the same kind (two of our apps calling
+/// each other would otherwise deliver each other's PLIs to their receive tasks): it
+/// carries the SSRC, and so stays the same when the video track is re-made for another
+/// codec.
 fn media_track(kind: RtpCodecKind, codec: RTCRtpCodec, ssrc: u32) -> MediaStreamTrack {
-    let id = format!("peer-stream-{kind}-local");
+    let id = format!("peer-stream-{kind}-{ssrc:08x}");
     MediaStreamTrack::new(
         "peer-stream".to_owned(),
         id.clone(),
@@ -535,9 +573,8 @@ impl Peer {
                 RtpCodecKind::Audio,
             )
             .map_err(|e| anyhow!("register Opus: {e}"))?;
-        let registry = register_default_interceptors(Registry::new(), &mut media)
-            .map_err(|e| anyhow!("interceptors: {e}"))?
-            .with(Slot::from(14_000), KeyframeRequestForwarder::default());
+        let registry =
+            interceptors(&mut media)?.with(Slot::from(14_000), KeyframeRequestForwarder::default());
         let ice_servers = settings
             .ice_servers
             .iter()
@@ -678,11 +715,27 @@ impl Peer {
         self.set_local(offer, "offer").await
     }
 
+    /// Offerer: restarts ICE on an established connection (new credentials, sockets
+    /// rebound, candidates gathered again); returns the new offer's SDP for the partner.
+    pub async fn restart_ice(&self) -> anyhow::Result<String> {
+        let options = rtc::peer_connection::configuration::RTCOfferOptions { ice_restart: true };
+        let offer = self
+            .inner
+            .pc
+            .create_offer(Some(options))
+            .await
+            .map_err(|e| anyhow!("create ICE restart offer: {e}"))?;
+        self.set_local(offer, "ICE restart offer").await
+    }
+
     /// Answerer: applies the partner's offer, creates and applies the answer; returns it.
+    /// A later offer (an ICE restart) keeps the video already negotiated.
     pub async fn accept_offer(&self, sdp: String) -> anyhow::Result<String> {
         let chosen = choose_video_codec(&sdp, &self.inner.video_codecs);
         let offer = RTCSessionDescription::offer(sdp).map_err(|e| anyhow!("bad offer: {e}"))?;
-        self.prepare_video(chosen, true).await?;
+        if !self.inner.remote_set.load(Ordering::SeqCst) {
+            self.prepare_video(chosen, true).await?;
+        }
         self.set_remote(offer, "offer").await?;
         let answer = self
             .inner
@@ -697,7 +750,9 @@ impl Peer {
     pub async fn accept_answer(&self, sdp: String) -> anyhow::Result<()> {
         let chosen = choose_video_codec(&sdp, &self.inner.video_codecs);
         let answer = RTCSessionDescription::answer(sdp).map_err(|e| anyhow!("bad answer: {e}"))?;
-        self.prepare_video(chosen, false).await?;
+        if !self.inner.remote_set.load(Ordering::SeqCst) {
+            self.prepare_video(chosen, false).await?;
+        }
         self.set_remote(answer, "answer").await
     }
 

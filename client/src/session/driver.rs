@@ -12,7 +12,9 @@ use crate::media::mailbox::FrameMailbox;
 use crate::media::playback::AudioSink;
 use crate::net::peer::{parse_signal, PeerEvent, PeerSettings, PeerState};
 use crate::net::signaling::{self, SignalingEvent};
-use crate::session::machine::{Input, Notice, Output, Phase, Session, Status, UNDO_WINDOW};
+use crate::session::machine::{
+    Input, Notice, Output, Phase, Session, Status, PEER_GIVE_UP, UNDO_WINDOW,
+};
 use peer_stream_shared::{CallPath, ClientMessage, MatchId, Role, SignalPayload};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -33,7 +35,8 @@ pub struct Driver {
     pub cancel: CancellationToken,
 }
 
-/// Resolves at the end of the open undo window (never when none is open).
+/// Resolves at the end of the open undo window or give-up timer (never when none is
+/// open) with its number.
 async fn undo_expiry(undo: Option<(u64, tokio::time::Instant)>) -> u64 {
     match undo {
         Some((generation, at)) => {
@@ -74,6 +77,8 @@ impl Driver {
         let mut first_frame_fed: Option<String> = None;
         // The open undo window: its number and when it closes.
         let mut undo: Option<(u64, tokio::time::Instant)> = None;
+        // The running give-up timer of the call: its number and when it runs out.
+        let mut peer_timer: Option<(u64, tokio::time::Instant)> = None;
 
         loop {
             tokio::select! {
@@ -81,6 +86,10 @@ impl Driver {
                 generation = undo_expiry(undo) => {
                     undo = None;
                     session.handle(Input::UndoExpired(generation));
+                }
+                generation = undo_expiry(peer_timer) => {
+                    peer_timer = None;
+                    session.handle(Input::PeerTimeout(generation));
                 }
                 cmd = self.commands.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -110,7 +119,13 @@ impl Driver {
                             }
                             Some(PeerEvent::State(PeerState::Connected)) => {
                                 c.connected();
+                                // After a reconnection: a keyframe each way at once.
+                                c.request_keyframe_from_us();
+                                c.peer.request_keyframe().await;
                                 session.handle(Input::PeerConnected(id));
+                            }
+                            Some(PeerEvent::State(PeerState::Disconnected)) => {
+                                session.handle(Input::PeerDisconnected(id));
                             }
                             Some(PeerEvent::State(PeerState::Failed | PeerState::Closed)) | None => {
                                 session.handle(Input::PeerFailed(id));
@@ -166,6 +181,15 @@ impl Driver {
                     let now = tokio::time::Instant::now();
                     undo = status.undo.map(|g| (g, now + UNDO_WINDOW));
                 }
+                if status.ice_restart != last_status.ice_restart {
+                    if let Some(c) = &call {
+                        self.restart_ice(c, &out_tx).await;
+                    }
+                }
+                if status.peer_timer != last_status.peer_timer {
+                    let now = tokio::time::Instant::now();
+                    peer_timer = status.peer_timer.map(|g| (g, now + PEER_GIVE_UP));
+                }
                 let undo_until = undo.map(|(_, at)| at.into_std());
                 self.update(|s| {
                     s.online = status.online;
@@ -174,6 +198,7 @@ impl Driver {
                     s.chat_muted = status.chat_muted;
                     s.resumed = status.resumed;
                     s.can_block = status.can_block;
+                    s.peer_lost = status.peer_lost;
                 });
                 last_status = status;
             }
@@ -208,6 +233,19 @@ impl Driver {
             path,
             setup_ms: Some(setup_ms.round().clamp(0.0, 600_000.0) as u64),
         })
+    }
+
+    /// Restarts ICE on the call (we are its offerer) and sends the new offer.
+    async fn restart_ice(&self, c: &Call, out_tx: &mpsc::Sender<ClientMessage>) {
+        let match_id = MatchId(c.match_id.clone());
+        match c.peer.restart_ice().await {
+            Ok(sdp) => {
+                self.counters.ice_restarted(&c.match_id);
+                tracing::info!(%match_id, "ICE restart");
+                send_signal(out_tx, &match_id, &SignalPayload::Offer { sdp }).await;
+            }
+            Err(e) => tracing::warn!("ICE restart for {match_id} failed: {e:#}"),
+        }
     }
 
     fn on_command(&mut self, cmd: Command, session: &mut Session) -> Option<Input> {

@@ -23,6 +23,11 @@ use std::time::Duration;
 /// window from when it receives `next`, which is later, so the client never asks late).
 pub const UNDO_WINDOW: Duration = Duration::from_secs(5);
 
+/// How long a call may take to connect after `matched`, or to come back after its
+/// peer connection reported disconnected, before this side gives up on it (ends the
+/// match with `next` reason `connection_failed` and searches again).
+pub const PEER_GIVE_UP: Duration = Duration::from_secs(10);
+
 /// Where the session is; what the UI shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -82,6 +87,12 @@ pub enum Input {
     PeerConnected(MatchId),
     /// The peer connection for `match_id` failed or closed by itself.
     PeerFailed(MatchId),
+    /// The peer connection for `match_id` lost its path (ICE disconnected): the call
+    /// shows "reconnecting" and the offerer restarts ICE; [`Input::PeerConnected`] ends it.
+    PeerDisconnected(MatchId),
+    /// The give-up timer numbered `generation` (see [`Status::peer_timer`]) ran out. The
+    /// driver sends it [`PEER_GIVE_UP`] after the timer was armed.
+    PeerTimeout(u64),
     /// The first remote video frame of `match_id` was decoded: `path` is the selected
     /// local ICE candidate's type, `setup_ms` the time from `matched` to that frame.
     /// The machine sends `call_report` once per match, only for the current one.
@@ -166,6 +177,17 @@ pub struct Status {
     pub resumed: bool,
     /// There is a current or last stranger who is not blocked yet.
     pub can_block: bool,
+    /// The live call lost its path to the stranger and is reconnecting (the UI says
+    /// "Connection to the stranger lost — reconnecting…"; not the server's state).
+    pub peer_lost: bool,
+    /// A give-up timer is running: its number (it changes whenever the timer is armed
+    /// again, so the driver restarts its [`PEER_GIVE_UP`] sleep).
+    pub peer_timer: Option<u64>,
+    /// Numbers the ICE restarts this side asked for (the offerer, when the path was
+    /// lost): when it changes, the driver restarts ICE on the current call and sends
+    /// the new offer as a normal `signal`. (A status, not an [`Output`], so drivers
+    /// written against the older outputs keep compiling.)
+    pub ice_restart: u64,
 }
 
 #[derive(Debug)]
@@ -191,6 +213,10 @@ pub struct Session {
     undo_pending: bool,
     /// The last match a `call_report` was sent for (one per match).
     call_reported: Option<MatchId>,
+    /// Our role in the current call (the offerer restarts ICE).
+    call_role: Option<Role>,
+    /// Numbers the give-up timers.
+    peer_timer_generation: u64,
     /// The `resume_token` of the last `welcome`: sent in the next `hello`'s `resume`.
     resume_token: Option<String>,
     /// Set while the server connection is lost and the server may still hold our
@@ -222,6 +248,8 @@ impl Session {
             undo_generation: 0,
             undo_pending: false,
             call_reported: None,
+            call_role: None,
+            peer_timer_generation: 0,
             resume_token: None,
             away: None,
             out: VecDeque::new(),
@@ -275,6 +303,48 @@ impl Session {
             self.out.push_back(Output::StopPeer);
         }
         self.phase = Phase::Ended { reason };
+        self.clear_peer_watch();
+    }
+
+    /// Starts (or restarts) the give-up timer of the current call.
+    fn arm_peer_timer(&mut self) {
+        self.peer_timer_generation += 1;
+        self.status.peer_timer = Some(self.peer_timer_generation);
+    }
+
+    fn clear_peer_watch(&mut self) {
+        self.status.peer_timer = None;
+        self.status.peer_lost = false;
+    }
+
+    /// The call's transport never connected or did not come back: end the match so
+    /// the partner hears at once (`partner_left` reason `disconnected`), report it as
+    /// failed, say it plainly and search again.
+    fn give_up_call(&mut self) {
+        let Some(match_id) = self.current_match().cloned() else {
+            return;
+        };
+        self.end_call(EndReason::ConnectionFailed);
+        self.system("Couldn't connect to this stranger — finding someone new.");
+        self.wants_search = true;
+        self.status.undo = None;
+        self.undo_pending = false;
+        if !self.welcomed {
+            // Told on resume (see `resumed`): the server still thinks we are in it.
+            return;
+        }
+        if self.call_reported.as_ref() != Some(&match_id) {
+            self.call_reported = Some(match_id.clone());
+            self.send(ClientMessage::CallReport {
+                match_id,
+                path: CallPath::Failed,
+                setup_ms: None,
+            });
+        }
+        self.send(ClientMessage::Next {
+            reason: Some(NextReason::ConnectionFailed),
+        });
+        self.phase = Phase::Searching { waiting: 0 };
     }
 
     fn set_counts(&mut self, online: Option<u64>, waiting: Option<u64>) {
@@ -479,10 +549,36 @@ impl Session {
             }
             Input::Server(msg) => self.on_server(msg),
             Input::PeerConnected(id) => {
-                if let Phase::Connecting { match_id, .. } = &self.phase {
-                    if *match_id == id {
-                        self.phase = Phase::Live { match_id: id };
-                    }
+                if self.current_match() != Some(&id) {
+                    return;
+                }
+                if self.status.peer_lost {
+                    self.system("Reconnected to the stranger.");
+                }
+                self.clear_peer_watch();
+                if let Phase::Connecting { .. } = &self.phase {
+                    self.phase = Phase::Live { match_id: id };
+                }
+            }
+            Input::PeerDisconnected(id) => {
+                if !matches!(&self.phase, Phase::Live { match_id } if *match_id == id) {
+                    // Still connecting: the timer armed at `matched` keeps running.
+                    return;
+                }
+                if self.status.peer_lost {
+                    return;
+                }
+                self.status.peer_lost = true;
+                self.arm_peer_timer();
+                self.system("Connection to the stranger lost — reconnecting…");
+                if self.call_role == Some(Role::Offerer) {
+                    self.status.ice_restart += 1;
+                }
+            }
+            Input::PeerTimeout(generation) => {
+                if self.status.peer_timer == Some(generation) {
+                    self.status.peer_timer = None;
+                    self.give_up_call();
                 }
             }
             Input::FirstFrame {
@@ -503,11 +599,7 @@ impl Session {
             }
             Input::PeerFailed(id) => {
                 if self.current_match() == Some(&id) {
-                    self.end_call(EndReason::ConnectionFailed);
-                    self.system("The connection to the stranger failed.");
-                    if self.wants_search {
-                        self.skip(false);
-                    }
+                    self.give_up_call();
                 }
             }
         }
@@ -634,6 +726,10 @@ impl Session {
                     match_id: match_id.clone(),
                     role,
                 };
+                self.call_role = Some(role);
+                self.status.peer_lost = false;
+                // The call must connect within PEER_GIVE_UP.
+                self.arm_peer_timer();
                 // Matched first: the UI starts a fresh transcript with it.
                 self.notify(Notice::Matched {
                     common_interests: common_interests.clone(),
@@ -1557,5 +1653,181 @@ mod tests {
         drain(&mut s);
         s.handle(first_frame("m1", CallPath::Host, Some(100)));
         assert!(sends(&drain(&mut s)).is_empty());
+    }
+
+    fn failed_sends(m: &str) -> Vec<ClientMessage> {
+        vec![
+            ClientMessage::CallReport {
+                match_id: m.into(),
+                path: CallPath::Failed,
+                setup_ms: None,
+            },
+            ClientMessage::Next {
+                reason: Some(NextReason::ConnectionFailed),
+            },
+        ]
+    }
+
+    const GIVE_UP_LINE: &str = "Couldn't connect to this stranger — finding someone new.";
+
+    #[test]
+    fn a_lost_path_shows_reconnecting_and_comes_back_in_the_same_call() {
+        let mut s = welcomed();
+        in_call(&mut s, "m1");
+        assert_eq!(s.status().peer_timer, None, "connected: no timer");
+        s.handle(Input::PeerDisconnected("m1".into()));
+        let outs = drain(&mut s);
+        assert!(s.status().peer_lost);
+        let timer = s.status().peer_timer.expect("give-up timer armed");
+        assert_eq!(s.status().ice_restart, 1, "the offerer restarts ICE");
+        assert!(outs.contains(&Output::Notify(Notice::System(
+            "Connection to the stranger lost — reconnecting…".into()
+        ))));
+        assert!(sends(&outs).is_empty(), "{outs:?}");
+        // A second report changes nothing (no second restart).
+        s.handle(Input::PeerDisconnected("m1".into()));
+        assert!(drain(&mut s).is_empty());
+        assert_eq!(s.status().ice_restart, 1);
+        // Chat keeps working meanwhile.
+        s.handle(Input::SendChat("still there?".into()));
+        assert!(matches!(
+            &sends(&drain(&mut s))[..],
+            [ClientMessage::Chat { .. }]
+        ));
+        s.handle(Input::PeerConnected("m1".into()));
+        let outs = drain(&mut s);
+        assert!(!s.status().peer_lost);
+        assert_eq!(s.status().peer_timer, None);
+        assert!(!outs.contains(&Output::StopPeer));
+        assert!(sends(&outs).is_empty());
+        assert_eq!(
+            s.phase(),
+            &Phase::Live {
+                match_id: "m1".into()
+            }
+        );
+        // The old timer firing late does nothing.
+        s.handle(Input::PeerTimeout(timer));
+        assert!(drain(&mut s).is_empty());
+        assert_eq!(
+            s.phase(),
+            &Phase::Live {
+                match_id: "m1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn the_answerer_waits_for_the_offerers_restart() {
+        let mut s = welcomed();
+        s.handle(Input::Start { interests: vec![] });
+        matched(&mut s, "m1", Role::Answerer);
+        s.handle(Input::PeerConnected("m1".into()));
+        drain(&mut s);
+        s.handle(Input::PeerDisconnected("m1".into()));
+        drain(&mut s);
+        assert!(s.status().peer_lost);
+        assert_eq!(s.status().ice_restart, 0, "only the offerer restarts ICE");
+    }
+
+    #[test]
+    fn a_path_that_does_not_come_back_in_time_ends_the_match_as_failed() {
+        let mut s = welcomed();
+        in_call(&mut s, "m1");
+        s.handle(Input::PeerDisconnected("m1".into()));
+        let timer = s.status().peer_timer.expect("armed");
+        drain(&mut s);
+        s.handle(Input::PeerTimeout(timer.wrapping_add(7)));
+        assert!(
+            drain(&mut s).is_empty(),
+            "another timer's number is ignored"
+        );
+        s.handle(Input::PeerTimeout(timer));
+        let outs = drain(&mut s);
+        assert!(outs.contains(&Output::StopPeer));
+        assert!(outs.contains(&Output::Notify(Notice::System(GIVE_UP_LINE.into()))));
+        assert_eq!(sends(&outs), failed_sends("m1"));
+        assert_eq!(s.phase(), &Phase::Searching { waiting: 0 });
+        assert!(!s.status().peer_lost);
+        assert_eq!(s.status().peer_timer, None);
+        assert_eq!(s.status().undo, None, "a failed call is not undone");
+        // The partner's own give-up crossing ours is ignored.
+        s.handle(Input::Server(ServerMessage::PartnerLeft {
+            match_id: "m1".into(),
+            reason: PartnerLeftReason::Disconnected,
+        }));
+        assert!(drain(&mut s).is_empty());
+    }
+
+    #[test]
+    fn a_failed_peer_connection_ends_the_match_as_failed() {
+        let mut s = welcomed();
+        in_call(&mut s, "m1");
+        s.handle(Input::PeerFailed("m1".into()));
+        let outs = drain(&mut s);
+        assert!(outs.contains(&Output::StopPeer));
+        assert!(outs.contains(&Output::Notify(Notice::System(GIVE_UP_LINE.into()))));
+        assert_eq!(sends(&outs), failed_sends("m1"));
+        assert_eq!(s.phase(), &Phase::Searching { waiting: 0 });
+    }
+
+    #[test]
+    fn a_call_that_never_connects_gives_up_when_its_timer_runs_out() {
+        let mut s = welcomed();
+        s.handle(Input::Start { interests: vec![] });
+        matched(&mut s, "m1", Role::Answerer);
+        let timer = s.status().peer_timer.expect("armed at matched");
+        drain(&mut s);
+        // Disconnected while still connecting keeps the same timer.
+        s.handle(Input::PeerDisconnected("m1".into()));
+        assert_eq!(s.status().peer_timer, Some(timer));
+        assert!(!s.status().peer_lost);
+        drain(&mut s);
+        s.handle(Input::PeerTimeout(timer));
+        let outs = drain(&mut s);
+        assert_eq!(sends(&outs), failed_sends("m1"));
+        assert_eq!(s.phase(), &Phase::Searching { waiting: 0 });
+        // The next match arms a fresh timer.
+        matched(&mut s, "m2", Role::Offerer);
+        let next = s.status().peer_timer.expect("armed again");
+        assert_ne!(next, timer);
+        s.handle(Input::PeerTimeout(timer));
+        assert!(matches!(s.phase(), Phase::Connecting { .. }));
+    }
+
+    #[test]
+    fn a_call_that_already_reported_its_path_does_not_report_failed() {
+        let mut s = welcomed();
+        in_call(&mut s, "m1");
+        s.handle(first_frame("m1", CallPath::Host, Some(120)));
+        drain(&mut s);
+        s.handle(Input::PeerFailed("m1".into()));
+        assert_eq!(
+            sends(&drain(&mut s)),
+            vec![ClientMessage::Next {
+                reason: Some(NextReason::ConnectionFailed)
+            }]
+        );
+    }
+
+    #[test]
+    fn giving_up_while_the_server_is_away_tells_it_on_resume() {
+        let mut s = live_with_token();
+        s.handle(Input::ServerLost);
+        s.handle(Input::PeerDisconnected("m1".into()));
+        let timer = s.status().peer_timer.expect("armed");
+        s.handle(Input::PeerTimeout(timer));
+        let outs = drain(&mut s);
+        assert!(outs.contains(&Output::StopPeer));
+        assert!(sends(&outs).is_empty(), "{outs:?}");
+        s.handle(Input::ServerConnected);
+        s.handle(welcome("t2", true));
+        let outs = drain(&mut s);
+        assert_eq!(
+            sends(&outs)[1..],
+            [ClientMessage::Next {
+                reason: Some(NextReason::ConnectionFailed)
+            }]
+        );
     }
 }

@@ -193,6 +193,24 @@ pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context, now: Instant) {
                         ),
                         None => centered_message(ui, rect, "Connecting to the stranger…"),
                     }
+                    // The path to the stranger vanished (their network or ours); the
+                    // server may be fine, so this is not "Server unreachable".
+                    if st.peer_lost {
+                        let band = egui::Rect::from_center_size(
+                            rect.center(),
+                            egui::vec2(rect.width(), 80.0),
+                        );
+                        ui.painter().rect_filled(
+                            band,
+                            0.0,
+                            egui::Color32::from_black_alpha(170),
+                        );
+                        centered_message(
+                            ui,
+                            rect,
+                            "Connection to the stranger lost — reconnecting…",
+                        );
+                    }
                     if hidden {
                         let (dy, note) = if app.video.remote.is_some() {
                             (-30.0, "Video hidden until you show it")
