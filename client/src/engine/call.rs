@@ -9,7 +9,7 @@
 //! before publishing, so a frame of an old match never reaches the screen.
 
 use super::stats::Counters;
-use crate::media::codec::opus::{OpusDecoder, OpusEncoder};
+use crate::media::codec::opus::{packet_loss_perc_for, OpusDecoder, OpusEncoder};
 use crate::media::codec::video::{VideoCodec, VideoDecoder, VideoEncoder};
 use crate::media::frame::{RgbaFrame, VideoFrame, AUDIO_FRAME_SAMPLES};
 use crate::media::jitter::{JitterBuffer, Pull};
@@ -20,7 +20,7 @@ use crate::net::peer::{
     Peer, PeerEvent, PeerSettings, ReceivedMedia, RemoteSinks, AUDIO_FRAME_DURATION,
 };
 use bytes::Bytes;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -57,9 +57,15 @@ pub struct Call {
     force_keyframe: Arc<AtomicBool>,
     /// The encoder's bitrate target (bits/s), adjusted from the partner's loss reports.
     bitrate: Arc<AtomicU32>,
+    /// The Opus encoder's expected loss (%), from the partner's reports on our audio: it
+    /// decides how much in-band FEC each packet carries.
+    audio_loss_perc: Arc<AtomicI32>,
     sending: bool,
     ctx: CallContext,
 }
+
+/// What `OpusEncoder::new` plans for before the first receiver report (5 %).
+const INITIAL_AUDIO_LOSS_PERC: i32 = 5;
 
 fn now_ms() -> u32 {
     SystemTime::now()
@@ -99,6 +105,7 @@ impl Call {
             cancel,
             force_keyframe: Arc::new(AtomicBool::new(true)),
             bitrate: Arc::new(AtomicU32::new(ctx.video.bitrate_bps)),
+            audio_loss_perc: Arc::new(AtomicI32::new(INITIAL_AUDIO_LOSS_PERC)),
             sending: false,
             ctx,
         };
@@ -133,6 +140,12 @@ impl Call {
     /// Retargets the video encoder (applied before the next frame).
     pub fn set_bitrate(&self, bps: u32) {
         self.bitrate.store(bps, Relaxed);
+    }
+
+    /// The partner's latest report of the fraction of our audio it lost (0‥1).
+    pub fn set_audio_loss(&self, fraction_lost: f64) {
+        self.audio_loss_perc
+            .store(packet_loss_perc_for(fraction_lost), Relaxed);
     }
 
     pub fn request_keyframe_from_us(&self) {
@@ -243,7 +256,9 @@ impl Call {
         let peer = self.peer.clone();
         let counters = Arc::clone(&self.ctx.counters);
         let cancel = self.cancel.clone();
+        let loss = Arc::clone(&self.audio_loss_perc);
         tokio::spawn(async move {
+            let mut planned_loss = INITIAL_AUDIO_LOSS_PERC;
             let mut encoder = match OpusEncoder::new() {
                 Ok(e) => e,
                 Err(e) => {
@@ -263,6 +278,16 @@ impl Call {
                         Err(broadcast::error::RecvError::Closed) => break,
                     },
                 };
+                let reported = loss.load(Relaxed);
+                if reported != planned_loss {
+                    match encoder.set_packet_loss_perc(reported) {
+                        Ok(()) => {
+                            tracing::debug!(reported, "Opus FEC follows the reported loss");
+                            planned_loss = reported;
+                        }
+                        Err(e) => tracing::warn!("Opus loss setting: {e:#}"),
+                    }
+                }
                 let packet = match encoder.encode(&pcm) {
                     Ok(p) => p,
                     Err(e) => {

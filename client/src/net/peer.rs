@@ -155,6 +155,8 @@ pub struct PeerStats {
     pub bytes_received: u64,
     /// Fraction of our video packets the partner reported lost (RTCP receiver report).
     pub video_fraction_lost: Option<f64>,
+    /// The same for our audio: it sets how much Opus in-band FEC we send.
+    pub audio_fraction_lost: Option<f64>,
 }
 
 /// The partner's video track and SSRC, once it arrived (for keyframe requests).
@@ -951,6 +953,9 @@ impl Peer {
         }
         for entry in report.iter() {
             if let rtc::statistics::report::RTCStatsReportEntry::RemoteInboundRtp(s) = entry {
+                if s.received_rtp_stream_stats.rtp_stream_stats.kind == RtpCodecKind::Audio {
+                    out.audio_fraction_lost = Some(s.fraction_lost);
+                }
                 if s.received_rtp_stream_stats.rtp_stream_stats.kind == RtpCodecKind::Video {
                     out.video_fraction_lost = Some(s.fraction_lost);
                     if out.rtt_ms.is_none() && s.round_trip_time > 0.0 {

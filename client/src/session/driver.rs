@@ -148,6 +148,9 @@ impl Driver {
                                 c.set_bitrate(bps);
                             }
                         }
+                        if let Some(loss) = stats.audio_fraction_lost {
+                            c.set_audio_loss(loss);
+                        }
                         self.counters.set_peer_stats(stats);
                         if first_frame_fed.as_deref() != Some(c.match_id.as_str()) {
                             if let Some(input) = self.first_frame(&c.match_id) {
