@@ -997,3 +997,53 @@ async fn watch_keyframe_requests(track: Arc<TrackLocalStaticRTP>, events: mpsc::
 pub fn parse_signal(payload: serde_json::Value) -> anyhow::Result<SignalPayload> {
     serde_json::from_value(payload).context("unreadable signal payload")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOTH: &[VideoCodec] = &[VideoCodec::H264, VideoCodec::Vp8];
+
+    fn sdp(video: &str) -> String {
+        format!(
+            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+             m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n{video}"
+        )
+    }
+
+    #[test]
+    fn h264_in_mode_1_wins_whatever_the_partner_lists_first() {
+        // Chromium-like: VP8 first, H.264 in both packetization modes later.
+        let offer = sdp("m=video 9 UDP/TLS/RTP/SAVPF 96 102 104\r\n\
+             a=rtpmap:96 VP8/90000\r\na=rtpmap:102 H264/90000\r\n\
+             a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+             a=rtpmap:104 H264/90000\r\n\
+             a=fmtp:104 packetization-mode=0;profile-level-id=42e01f\r\n");
+        assert_eq!(choose_video_codec(&offer, BOTH), Some(VideoCodec::H264));
+        assert_eq!(
+            choose_video_codec(&offer, &[VideoCodec::Vp8]),
+            Some(VideoCodec::Vp8)
+        );
+    }
+
+    #[test]
+    fn firefox_without_openh264_gets_vp8() {
+        let offer = sdp("m=video 9 UDP/TLS/RTP/SAVPF 120 124\r\n\
+             a=rtpmap:120 VP8/90000\r\na=rtpmap:124 VP9/90000\r\n");
+        assert_eq!(choose_video_codec(&offer, BOTH), Some(VideoCodec::Vp8));
+        assert_eq!(choose_video_codec(&offer, &[VideoCodec::H264]), None);
+    }
+
+    #[test]
+    fn h264_only_in_mode_0_or_a_rejected_video_line_is_no_video() {
+        let mode0 = sdp(
+            "m=video 9 UDP/TLS/RTP/SAVPF 104\r\na=rtpmap:104 H264/90000\r\n\
+             a=fmtp:104 packetization-mode=0\r\n",
+        );
+        assert_eq!(choose_video_codec(&mode0, &[VideoCodec::H264]), None);
+        let rejected = sdp("m=video 0 UDP/TLS/RTP/SAVPF 0\r\n");
+        assert_eq!(choose_video_codec(&rejected, BOTH), None);
+        assert_eq!(choose_video_codec(&sdp(""), BOTH), None, "no video line");
+        assert_eq!(choose_video_codec("garbage", BOTH), None);
+    }
+}
