@@ -56,6 +56,9 @@ pub struct Summary {
     pub audio_source: String,
     pub per_match: Vec<MatchRecord>,
     pub chat_lines: Vec<String>,
+    /// The session's plain lines, in order ("Stranger's connection was lost.",
+    /// "Couldn't connect to this stranger — finding someone new.", …).
+    pub system_lines: Vec<String>,
 }
 
 impl Summary {
@@ -89,6 +92,7 @@ pub async fn run(opts: HeadlessOptions, shutdown: impl Future<Output = ()>) -> S
     tokio::pin!(shutdown);
     let mut skip_at: Option<tokio::time::Instant> = None;
     let mut chat_lines = Vec::new();
+    let mut system_lines = Vec::new();
     loop {
         let skip = async {
             match skip_at {
@@ -125,11 +129,13 @@ pub async fn run(opts: HeadlessOptions, shutdown: impl Future<Output = ()>) -> S
                     }
                 }
                 Some(EngineEvent::Notice(Notice::Matched { .. })) => skip_at = None,
+                Some(EngineEvent::Notice(Notice::System(text))) => system_lines.push(text),
                 Some(_) => {}
             }
         }
     }
-    let summary = summarize(&engine, chat_lines);
+    let mut summary = summarize(&engine, chat_lines);
+    summary.system_lines = system_lines;
     engine.shutdown().await;
     summary
 }
@@ -174,6 +180,7 @@ pub fn summarize_counters(
         audio_source,
         per_match,
         chat_lines,
+        system_lines: Vec::new(),
     }
 }
 
