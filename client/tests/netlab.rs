@@ -157,11 +157,13 @@ fn median(values: &mut [f64]) -> Option<f64> {
 /// The figures of BENCHMARKS.md "Real networks (#8)" (not assertions): ten relayed
 /// calls with 5 % loss end to end in each direction (how many decoded their first frame
 /// within 3 s of the match on both sides, the slower side's setup time, and the share
-/// of the partner's sent frames each side decoded), and ten relay-only calls
-/// (`--ice-policy relay`) without loss (matched → first frame, median).
+/// of the partner's sent frames each side decoded), ten relay-only calls
+/// (`--ice-policy relay`) without loss and ten calls without a direct path or loss
+/// (default `--ice-policy all`, so the relay pair wins after the relay wait) (matched →
+/// first frame, median).
 /// Tries: `PEER_STREAM_NETLAB_TRIES` (default 10).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark (about 4 minutes): cargo test -p peer-stream --test netlab -- --ignored --nocapture bench_real_networks"]
+#[ignore = "benchmark (about 7 minutes): cargo test -p peer-stream --test netlab -- --ignored --nocapture bench_real_networks"]
 async fn bench_real_networks() {
     let _serial = SERIAL.lock().await;
     let Some(mut lab) = Lab::new() else {
@@ -226,19 +228,38 @@ async fn bench_real_networks() {
     );
 
     lab.impair(Impairment::default());
-    let mut relay_setups = Vec::new();
+    no_loss_setups(
+        &mut lab,
+        tries,
+        &["--ice-policy", "relay"],
+        "relay-only, no loss",
+    )
+    .await;
+
+    lab.impair(Impairment {
+        no_direct_path: true,
+        ..Impairment::default()
+    });
+    no_loss_setups(&mut lab, tries, &[], "no direct path, no loss").await;
+}
+
+/// `tries` calls of 10 s with `extra` flags on the lab's current impairment: prints
+/// each side's matched -> first frame and candidate type, then the median and maximum
+/// over all sides (`RESULT {label}: ...`).
+async fn no_loss_setups(lab: &mut Lab, tries: usize, extra: &[&str], label: &str) {
+    let mut setups = Vec::new();
     for i in 0..tries {
-        let (a, b) = call(&mut lab, 10, &["--ice-policy", "relay"]).await;
+        let (a, b) = call(lab, 10, extra).await;
         if verbose() {
-            eprintln!("{}", context(&lab, &a, &b));
+            eprintln!("{}", context(lab, &a, &b));
         }
         for me in [&a.0, &b.0] {
             if let Some(s) = me["per_match"][0]["setup_ms"].as_f64() {
-                relay_setups.push(s);
+                setups.push(s);
             }
         }
         eprintln!(
-            "relay-only, no loss, try {}: setup A {} B {} ms, types {} / {}",
+            "{label}, try {}: setup A {} B {} ms, types {} / {}",
             i + 1,
             a.0["per_match"][0]["setup_ms"],
             b.0["per_match"][0]["setup_ms"],
@@ -246,11 +267,11 @@ async fn bench_real_networks() {
             b.0["candidate_type"]
         );
     }
-    let n = relay_setups.len();
+    let n = setups.len();
     eprintln!(
-        "RESULT relay-only, no loss: matched -> first frame p50 {:?} ms, max {:?} ms \
+        "RESULT {label}: matched -> first frame p50 {:?} ms, max {:?} ms \
          ({n} sides of {tries} calls)",
-        median(&mut relay_setups),
-        relay_setups.iter().copied().reduce(f64::max),
+        median(&mut setups),
+        setups.iter().copied().reduce(f64::max),
     );
 }

@@ -456,14 +456,18 @@ impl Lab {
 
     /// A headless peer (`--fake-media`) in namespace `ns` (`self.a` or `self.b`), bound
     /// to that namespace's address unless `extra` names `--udp-addr` itself, with
-    /// `extra` flags; stdout is piped (the JSON summary), stderr goes to a file.
+    /// `extra` flags; stdout is piped (the JSON summary), stderr goes to a file. The
+    /// binary is this build's `peer-stream`, or `PEER_STREAM_NETLAB_PEER` when set (a
+    /// copy that other builds in the same target directory cannot replace mid-benchmark).
     pub fn peer(&mut self, ns: &str, log: &str, extra: &[&str]) -> Peer {
         let ip = if ns == self.a { A_IP } else { B_IP };
         let tag = if ns == self.a { "a" } else { "b" };
         let n = self.peers.len();
         let stderr_path = self.dir.path().join(format!("peer-{tag}-{n}.log"));
+        let bin = std::env::var("PEER_STREAM_NETLAB_PEER")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_peer-stream").to_owned());
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_peer-stream")])
+        cmd.args(["netns", "exec", ns, &bin])
             .args(["--headless", "--fake-media"])
             .args(["--server", &format!("ws://{ROUTER_IP}:{SERVER_PORT}/ws")])
             .args(["--log", log]);
