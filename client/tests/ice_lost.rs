@@ -171,6 +171,14 @@ async fn a_five_second_cut_keeps_the_same_call() {
         restarts += m["ice_restarts"].as_u64().expect("ice_restarts");
     }
     assert!(restarts >= 1, "the offerer restarted ICE:\n{}", ctx());
+    // For BENCHMARKS.md: the freeze spans the 5 s cut plus the time to come back.
+    for (name, me) in [("A", &a.0), ("B", &b.0)] {
+        let m = &me["per_match"][0];
+        eprintln!(
+            "5 s cut: {name} max_freeze_ms {} ice_restarts {}",
+            m["max_freeze_ms"], m["ice_restarts"]
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
