@@ -111,6 +111,12 @@ async fn the_page_keeps_its_call_when_its_websocket_is_cut() {
             text.lines().any(|l| l == "peer_stream_matches_total 1"),
             "{text}"
         );
+        // Both sides reported the call's path once: the page as well as the desktop.
+        assert!(
+            text.lines()
+                .any(|l| l == "peer_stream_calls_total{path=\"host\"} 2"),
+            "{text}"
+        );
         drop(chrome);
         drop(proxy);
         server.stop().await;

@@ -28,7 +28,10 @@
   const TYPING_IDLE_MS = 3000;
   const STRANGER_TYPING_MAX_MS = 15000;
   const RETRY_MAX_MS = 15000;
-  const CONNECT_TIMEOUT_MS = 15000;
+  // A call whose media path never comes up, or is lost and not back within this long,
+  // is given up: `next` with reason connection_failed (PROTOCOL.md), and on to someone new.
+  const CONNECT_TIMEOUT_MS = 10000;
+  const PEER_GIVE_UP_MS = 10000;
   const UNDO_WINDOW_MS = 5000;
   const SETUP_TIMEOUT_MS = 8000;
   const ALWAYS_SHOW_KEY = 'peer-stream.alwaysShowVideo';
@@ -143,6 +146,9 @@
     awaitingResume: false,
     // The answer rejected video (no codec in common): an audio-only call.
     videoUnavailable: false,
+    // The path to the stranger was lost (ICE disconnected) and may come back.
+    peerLost: false,
+    peerLostTimer: null,
     remoteStream: null,
     pendingCandidates: [],
     signalChain: Promise.resolve(),
@@ -175,6 +181,8 @@
     // Call setup of the current match (matched → first remote frame, ms).
     matchedAt: null,
     setupMs: null,
+    // The match whose call_report went out (one per match).
+    reportedMatch: null,
     // Check my setup.
     iceWaiters: [],
     setup: null,
@@ -818,10 +826,7 @@
     s.callFailed = false;
     s.connectTimer = setTimeout(() => {
       if (pc !== s.pc || pc.connectionState === 'connected') return;
-      callFailed(
-        "The video connection could not be set up (the stranger's app may not support " +
-          'your browser, or a network blocks it). You can keep chatting by text or press Next.',
-      );
+      giveUp(pc);
     }, CONNECT_TIMEOUT_MS);
     s.remoteStream = new MediaStream();
     el.remoteVideo.srcObject = s.remoteStream;
@@ -845,9 +850,23 @@
     };
     pc.onconnectionstatechange = () => {
       if (pc !== s.pc) return;
-      if (pc.connectionState === 'connected') clearTimeout(s.connectTimer);
-      if (pc.connectionState === 'failed') {
-        callFailed('The video connection to the stranger failed. Press Next to meet someone else.');
+      const state = pc.connectionState;
+      if (state === 'connected') {
+        clearTimeout(s.connectTimer);
+        if (s.peerLost) {
+          s.peerLost = false;
+          clearTimeout(s.peerLostTimer);
+          system('Reconnected to the stranger.');
+        }
+      } else if (state === 'disconnected' && !s.peerLost && s.phase === 'chatting') {
+        // The stranger's network (or ours) vanished: wait for it, restarting ICE from
+        // the offering side, and give up if it is not back in time.
+        s.peerLost = true;
+        system('Connection to the stranger lost — reconnecting…');
+        if (s.role === 'offerer') restartIce(pc);
+        s.peerLostTimer = setTimeout(() => giveUp(pc), PEER_GIVE_UP_MS);
+      } else if (state === 'failed') {
+        giveUp(pc);
       }
       render();
     };
@@ -867,6 +886,31 @@
         if (pc === s.pc) sendSignal({ kind: 'offer', sdp: pc.localDescription.sdp });
       });
     }
+  }
+
+  /// Offerer: a new offer with fresh ICE credentials over the same connection.
+  function restartIce(pc) {
+    enqueue(pc, async () => {
+      const offer = await pc.createOffer({ iceRestart: true });
+      await pc.setLocalDescription(offer);
+      if (pc === s.pc) sendSignal({ kind: 'offer', sdp: pc.localDescription.sdp });
+    });
+  }
+
+  /// The media path never came up or did not come back: end this match as a failed
+  /// connection (the stranger is told they disconnected, not that we skipped) and look
+  /// for someone new.
+  function giveUp(pc) {
+    if (pc !== s.pc || s.phase !== 'chatting' || !s.matchId) return;
+    if (s.reportedMatch !== s.matchId) {
+      s.reportedMatch = s.matchId;
+      send({ type: 'call_report', match_id: s.matchId, path: 'failed', setup_ms: null });
+    }
+    send({ type: 'next', reason: 'connection_failed' });
+    endCall();
+    s.queued = false;
+    system("Couldn't connect to this stranger — finding someone new.");
+    setPhase('searching');
   }
 
   /// Signals are applied one at a time, in arrival order.
@@ -889,8 +933,10 @@
     switch (p.kind) {
       case 'offer': {
         if (s.role !== 'answerer' || typeof p.sdp !== 'string') return;
+        // A later offer is an ICE restart: the tracks are attached already.
+        const renegotiating = !!pc.remoteDescription;
         await pc.setRemoteDescription({ type: 'offer', sdp: p.sdp });
-        await attachLocalTracks(pc);
+        if (!renegotiating) await attachLocalTracks(pc);
         const answer = await pc.createAnswer();
         await pc.setLocalDescription(answer);
         noteVideoShared(pc);
@@ -985,8 +1031,39 @@
     if (s.phase === 'chatting' && el.remoteVideo.videoWidth > 0) {
       el.body.classList.add('has-remote-video');
       // Call setup as the user sees it: matched → the stranger's first frame.
-      if (s.setupMs === null && s.matchedAt !== null) s.setupMs = Math.round(performance.now() - s.matchedAt);
+      if (s.setupMs === null && s.matchedAt !== null) {
+        s.setupMs = Math.round(performance.now() - s.matchedAt);
+        reportCall(s.pc, s.matchId, s.setupMs);
+      }
     }
+  }
+
+  /// `call_report` once per match (PROTOCOL.md): the path the call took (the selected
+  /// local candidate's type) and its setup time, for the operator's /metrics.
+  async function reportCall(pc, matchId, setupMs) {
+    if (!pc || s.reportedMatch === matchId) return;
+    s.reportedMatch = matchId;
+    let path = null;
+    try {
+      const stats = await pc.getStats();
+      let pairId = null;
+      stats.forEach((r) => {
+        if (r.type === 'transport' && r.selectedCandidatePairId) pairId = r.selectedCandidatePairId;
+      });
+      let pair = pairId ? stats.get(pairId) : null;
+      if (!pair) {
+        stats.forEach((r) => {
+          if (r.type === 'candidate-pair' && r.nominated && r.state === 'succeeded') pair = r;
+        });
+      }
+      const local = pair ? stats.get(pair.localCandidateId) : null;
+      if (local && ['host', 'srflx', 'prflx', 'relay'].includes(local.candidateType)) {
+        path = local.candidateType;
+      }
+    } catch (e) {
+      console.warn('peer-stream: no stats for the call report', e);
+    }
+    if (path) send({ type: 'call_report', match_id: matchId, path, setup_ms: Math.min(setupMs, 600000) });
   }
 
   /// Says once per call, in the chat, that video will not come; text chat goes on.
@@ -1004,6 +1081,8 @@
     clearTimeout(s.connectTimer);
     s.callFailed = false;
     s.videoUnavailable = false;
+    s.peerLost = false;
+    clearTimeout(s.peerLostTimer);
     s.pendingCandidates = [];
     if (pc) {
       pc.onicecandidate = null;
@@ -1404,7 +1483,10 @@
         : 'Connecting to the server…';
     } else if (p === 'chatting') {
       const state = s.pc ? s.pc.connectionState : 'new';
-      if (s.videoUnavailable && state !== 'failed') {
+      if (s.peerLost) {
+        spinning = true;
+        status = 'Connection to the stranger lost — reconnecting…';
+      } else if (s.videoUnavailable && state !== 'failed') {
         status = "Video isn't available with this stranger — you can still talk and chat.";
       } else if (state === 'failed' || s.callFailed) {
         status = 'No video with this stranger. You can still chat by text.';
