@@ -6,6 +6,7 @@
 pub mod bitrate;
 pub mod call;
 pub mod capture;
+pub mod driver;
 pub mod stats;
 
 use crate::media::capture::{open_audio, open_video, AudioChoice, VideoChoice};
@@ -187,7 +188,7 @@ impl Engine {
         let (ev_tx, ev_rx) = mpsc::channel(4096);
         let cancel = CancellationToken::new();
         let remote_video = Arc::new(FrameMailbox::new());
-        let driver = crate::session::driver::Driver {
+        let driver = driver::Driver {
             config,
             commands: cmd_rx,
             events: ev_tx,

@@ -2,11 +2,11 @@
 //! session machine with what they report. It is the only place where protocol, peer
 //! connection and media meet; every decision is the machine's.
 
-use crate::engine::bitrate::BitrateController;
-use crate::engine::call::{Call, CallContext};
-use crate::engine::capture::CaptureHub;
-use crate::engine::stats::{CallStats, Counters, StatsSnapshot};
-use crate::engine::{Command, EngineConfig, EngineEvent, EngineState};
+use super::bitrate::BitrateController;
+use super::call::{Call, CallContext};
+use super::capture::CaptureHub;
+use super::stats::{CallStats, Counters, StatsSnapshot};
+use super::{Command, EngineConfig, EngineEvent, EngineState};
 use crate::media::frame::RgbaFrame;
 use crate::media::mailbox::FrameMailbox;
 use crate::media::playback::AudioSink;
