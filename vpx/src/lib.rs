@@ -478,10 +478,7 @@ mod tests {
         let mut keyframes = 0;
         for t in 0..30 {
             let pic = picture(w as usize, h as usize, t);
-            for p in enc
-                .encode(&mut pic, t as i64 * 33, t == 20)
-                .expect("encode")
-            {
+            for p in enc.encode(&pic, t as i64 * 33, t == 20).expect("encode") {
                 keyframes += usize::from(p.keyframe);
                 if let Some(img) = dec.decode(&p.data).expect("decode") {
                     assert_eq!((img.width, img.height), (w, h));
