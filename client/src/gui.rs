@@ -24,6 +24,8 @@ pub struct GuiOptions {
     pub duration: Option<Duration>,
     pub screenshot: Option<PathBuf>,
     pub screenshot_undo: Option<PathBuf>,
+    pub screenshot_reconnecting: Option<PathBuf>,
+    pub screenshot_gave_up: Option<PathBuf>,
     /// Open the "Check my setup" screen at start (`--check-screen`).
     pub check_screen: bool,
 }
@@ -155,6 +157,8 @@ pub fn run(opts: GuiOptions, base: EngineConfig) -> anyhow::Result<()> {
             app.automation.exit_at = opts.duration.map(|d| Instant::now() + d);
             app.automation.screenshot = opts.screenshot.clone();
             app.automation.screenshot_undo = opts.screenshot_undo.clone();
+            app.automation.screenshot_reconnecting = opts.screenshot_reconnecting.clone();
+            app.automation.screenshot_gave_up = opts.screenshot_gave_up.clone();
             app.automation.screenshot_after_frames = 30;
             app.automation.frames_decoded = counters_slot
                 .lock()

@@ -88,6 +88,14 @@ struct Args {
     /// counts down, then press Undo (docs and tests).
     #[arg(long, value_name = "PATH", requires = "screenshot")]
     screenshot_undo: Option<std::path::PathBuf>,
+    /// Desktop: save a PNG here the first time a call says "Connection to the stranger
+    /// lost — reconnecting…" (docs and tests).
+    #[arg(long, value_name = "PATH")]
+    screenshot_reconnecting: Option<std::path::PathBuf>,
+    /// Desktop: save a PNG here a moment after the chat first says "Couldn't connect to
+    /// this stranger — finding someone new" (docs and tests).
+    #[arg(long, value_name = "PATH")]
+    screenshot_gave_up: Option<std::path::PathBuf>,
     /// Desktop: open the "Check my setup" screen at start (the check runs at once).
     #[arg(long)]
     check_screen: bool,
@@ -108,6 +116,8 @@ impl Args {
             duration: self.duration.map(Duration::from_secs_f64),
             screenshot: self.screenshot.clone(),
             screenshot_undo: self.screenshot_undo.clone(),
+            screenshot_reconnecting: self.screenshot_reconnecting.clone(),
+            screenshot_gave_up: self.screenshot_gave_up.clone(),
             check_screen: self.check_screen,
         }
     }
