@@ -1,14 +1,15 @@
 //! The real desktop window when the network to the stranger vanishes (issue #8), in the
 //! network lab (`lab/mod.rs`): the window (under Xvfb) runs in peer A's namespace, a
-//! headless bot in B's. Once the call shows video, A's UDP is cut for good (cut and
-//! restored until the window notices, see the test): the window
-//! says "Connection to the stranger lost — reconnecting…" over the video (screenshot
-//! `desktop-reconnecting.png`), and after 10 s without the path one side gives up; the
-//! rematch cannot connect either, so sooner or later the window itself says "Couldn't
-//! connect to this stranger — finding someone new." in the chat (screenshot
-//! `desktop-couldnt-connect.png`, a moment later, while it searches alone: the bot runs
-//! with `--no-auto-requeue`). The shots come from the app's own automation
-//! (`--screenshot-reconnecting`, `--screenshot-gave-up`), taken when those states show.
+//! headless bot in B's. Once the call shows video, A stops receiving UDP (cut and
+//! restored until the window notices, see the test, then for good): the window says
+//! "Connection to the stranger lost — reconnecting…" over the video (screenshot
+//! `desktop-reconnecting.png`), and 10 s later, the path still gone, it gives up and
+//! says "Couldn't connect to this stranger — finding someone new." in the chat
+//! (screenshot `desktop-couldnt-connect.png`, a moment later, while it searches alone:
+//! the bot still hears A, so it never gives up itself, and it runs with
+//! `--no-auto-requeue`, so no new match clears the window's chat before the shot). The
+//! shots come from the app's own automation (`--screenshot-reconnecting`,
+//! `--screenshot-gave-up`), taken when those states show.
 //!
 //! The PNGs are the README's docs/desktop-reconnecting.png and
 //! docs/desktop-couldnt-connect.png: `PEER_STREAM_SCREENSHOT_DIR=$PWD/docs cargo test -p
@@ -58,15 +59,11 @@ fn nft(ns: &str, script: &str) {
     );
 }
 
-/// A's network vanishes for UDP: the router drops every UDP packet from A, A drops
-/// every UDP packet it receives (the signaling WebSocket is TCP and stays up; coturn is
-/// unreachable for A too, so no relay path can replace the direct one).
+/// A's network vanishes for incoming UDP: A drops every UDP packet it receives (the
+/// signaling WebSocket is TCP and stays up; coturn's answers are dropped too, so no
+/// relay path can replace the direct one). What A sends still arrives: the bot keeps
+/// hearing A and keeps its call, so the window is the side that gives up.
 fn cut_a(lab: &Lab) {
-    nft(
-        &lab.router,
-        "table inet cut {\n chain pre { type filter hook prerouting priority -200; policy accept; \
-         iifname \"ra\" meta l4proto udp drop; }\n}\n",
-    );
     nft(
         &lab.a,
         "table inet cut {\n chain pre { type filter hook prerouting priority -200; policy accept; \
@@ -76,7 +73,6 @@ fn cut_a(lab: &Lab) {
 
 /// A's network is back.
 fn restore_a(lab: &Lab) {
-    nft(&lab.router, "delete table inet cut\n");
     nft(&lab.a, "delete table inet cut\n");
 }
 
@@ -95,13 +91,21 @@ impl Drop for Procs {
 
 /// Whether the window's log says, within `limit`, that it saved the screenshot `path`.
 fn saved(log: &Path, path: &str, limit: Duration) -> bool {
+    logged_line(log, limit, |l| {
+        l.contains("screenshot saved") && l.contains(path)
+    })
+}
+
+/// Whether the window's log has a line containing `needle` within `limit`.
+fn logged(log: &Path, needle: &str, limit: Duration) -> bool {
+    logged_line(log, limit, |l| l.contains(needle))
+}
+
+fn logged_line(log: &Path, limit: Duration, hit: impl Fn(&str) -> bool) -> bool {
     let start = Instant::now();
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text
-            .lines()
-            .any(|l| l.contains("screenshot saved") && l.contains(path))
-        {
+        if text.lines().any(&hit) {
             return true;
         }
         if start.elapsed() >= limit {
@@ -161,20 +165,6 @@ async fn the_window_says_reconnecting_then_couldnt_connect_when_the_network_vani
     let live = home.path().join("live.png");
     let log = home.path().join("window.log");
 
-    let b = lab.b.clone();
-    let bot = lab.peer(
-        &b,
-        "warn",
-        &[
-            "--duration",
-            "90",
-            "--tone-hz",
-            "660",
-            "--say",
-            "hi there",
-            "--no-auto-requeue",
-        ],
-    );
     let window = Command::new("ip")
         .args([
             "netns",
@@ -208,7 +198,31 @@ async fn the_window_says_reconnecting_then_couldnt_connect_when_the_network_vani
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("start the window in A's namespace");
-    let procs = Procs(vec![bot.child, window]);
+    let mut procs = Procs(vec![window]);
+    // The bot joins once the window waits for a stranger, so the window is the first
+    // call's offerer: the side that notices the lost path itself (an answerer may get
+    // the offerer's ICE restart before its own path times out, and never say
+    // "reconnecting").
+    assert!(
+        logged(&log, "session phase=Searching", Duration::from_secs(30)),
+        "the window never searched:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let b = lab.b.clone();
+    let bot = lab.peer(
+        &b,
+        "warn",
+        &[
+            "--duration",
+            "90",
+            "--tone-hz",
+            "660",
+            "--say",
+            "hi there",
+            "--no-auto-requeue",
+        ],
+    );
+    procs.0.push(bot.child);
 
     let shot = |p: &Path| p.display().to_string();
     let (want_live, want_reconnecting, want_gave_up) =
@@ -216,9 +230,9 @@ async fn the_window_says_reconnecting_then_couldnt_connect_when_the_network_vani
     // Plain blocking waits: nothing on this runtime needs to run meanwhile (the
     // server, coturn, the bot and the window are processes).
     wait_log(&log, &want_live, Duration::from_secs(45));
-    // The call shows video: A's network goes away. Both sides notice after 2.5 s of
-    // silence; when the bot (offering) restarts ICE first, the window may never see its
-    // path as lost. Then the network comes back (the same call goes on) and goes away
+    // The call shows video: A's network goes away. Should the window still not say
+    // "reconnecting" (see above: when the bot offers and restarts ICE first), the
+    // network comes back (the same call goes on, or a new one starts) and goes away
     // again; once the window says "reconnecting", it stays away for good.
     let mut shown = false;
     for _ in 0..4 {
@@ -235,11 +249,9 @@ async fn the_window_says_reconnecting_then_couldnt_connect_when_the_network_vani
         "the window never said reconnecting:\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    // Each round (the lost call, then rematches that cannot connect) ends after 10 s
-    // with one side giving up; the window is that side sooner or later. The bot
-    // searches again only when it gave up itself (`next`), never after `partner_left`
-    // (`--no-auto-requeue`): once the window gives up it searches alone, and no new
-    // match clears its chat before the shot.
+    // The window gives up 10 s later (the bot still hears it, so it does not); the
+    // bot does not search again after `partner_left` (`--no-auto-requeue`): the window
+    // searches alone, and no new match clears its chat before the shot.
     let log_text = wait_log(&log, &want_gave_up, Duration::from_secs(70));
     drop(procs);
     drop(lab);
