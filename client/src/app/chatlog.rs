@@ -22,12 +22,28 @@ pub struct ChatLog {
     pub lines: Vec<ChatLine>,
 }
 
+/// The session machine's line when a call could not connect (kept across a rematch).
+const GAVE_UP_PREFIX: &str = "Couldn't connect to this stranger";
+
 /// Old calls scroll away; this keeps memory bounded in a long session.
 const MAX_LINES: usize = 2000;
 
 impl ChatLog {
     pub fn clear(&mut self) {
         self.lines.clear();
+    }
+
+    /// Starts the transcript of a new call. A give-up line of the call before ("Couldn't
+    /// connect to this stranger …") stays on top: a quick rematch would otherwise wipe it
+    /// before anyone could read why the last call ended.
+    pub fn new_call(&mut self) {
+        let carried = self
+            .lines
+            .last()
+            .filter(|l| l.speaker == Speaker::System && l.text.starts_with(GAVE_UP_PREFIX))
+            .cloned();
+        self.lines.clear();
+        self.lines.extend(carried);
     }
 
     fn push(&mut self, speaker: Speaker, text: impl Into<String>) {
@@ -58,5 +74,37 @@ impl ChatLog {
             Notice::StrangerTyping(_) | Notice::Counts { .. } => {}
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_call_keeps_only_the_give_up_line_of_the_last() {
+        let mut log = ChatLog::default();
+        log.apply(&Notice::System(
+            "You're now chatting with a stranger.".into(),
+        ));
+        log.apply(&Notice::Chat {
+            from_me: false,
+            text: "hi".into(),
+        });
+        log.apply(&Notice::System(
+            "Couldn't connect to this stranger — finding someone new.".into(),
+        ));
+        log.new_call();
+        assert_eq!(log.lines.len(), 1);
+        assert!(log.lines[0].text.starts_with("Couldn't connect"));
+        log.apply(&Notice::Chat {
+            from_me: true,
+            text: "hello".into(),
+        });
+        log.new_call();
+        assert!(
+            log.lines.is_empty(),
+            "an ordinary call leaves nothing behind"
+        );
     }
 }

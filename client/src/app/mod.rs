@@ -298,7 +298,7 @@ impl PeerStreamApp {
                     if self.chat.apply(&n) {
                         // A new stranger: fresh transcript, no picture of the last one,
                         // blurred again until shown.
-                        self.chat.clear();
+                        self.chat.new_call();
                         self.video.clear_remote();
                         self.ui.next_armed_until = None;
                         self.ui.revealed = false;

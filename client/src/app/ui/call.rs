@@ -211,7 +211,9 @@ pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context, now: Instant) {
                             "Connection to the stranger lost — reconnecting…",
                         );
                     }
-                    if hidden {
+                    // While reconnecting, the band above is what matters; the Show video
+                    // button comes back with the connection.
+                    if hidden && !st.peer_lost {
                         let (dy, note) = if app.video.remote.is_some() {
                             (-30.0, "Video hidden until you show it")
                         } else {
