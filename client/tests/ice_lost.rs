@@ -18,10 +18,8 @@
 
 mod lab;
 
-use lab::{Impairment, Lab};
+use lab::{nft, Impairment, Lab};
 use serde_json::Value;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// One lab call at a time: the peers are CPU-heavy.
@@ -36,29 +34,6 @@ const FPS: u64 = 30;
 #[ignore = "helper process of the network lab, started by Lab::new"]
 async fn lab_server_process() {
     lab::server_helper().await;
-}
-
-/// Runs `nft -f -` in namespace `ns` with `script` on stdin.
-fn nft(ns: &str, script: &str) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start nft");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "nft failed: {}\n{script}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A's network vanishes for UDP (its own table `cut`, beside the lab's `lab`).

@@ -22,8 +22,7 @@
 
 mod lab;
 
-use lab::{Impairment, Lab};
-use std::io::Write;
+use lab::{nft, Impairment, Lab};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,29 +33,6 @@ use std::time::{Duration, Instant};
 #[ignore = "helper process of the network lab, started by Lab::new"]
 async fn lab_server_process() {
     lab::server_helper().await;
-}
-
-/// Runs `nft -f -` in namespace `ns` with `script` on stdin.
-fn nft(ns: &str, script: &str) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start nft");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "nft failed: {}\n{script}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A's network vanishes for incoming UDP: A drops every UDP packet it receives (the

@@ -604,8 +604,11 @@ impl Peer {
             remote_video: Arc::clone(&remote_video),
             udp_addrs: udp_addrs.clone(),
         });
-        // ICE checks every 50 ms instead of 200 ms (same 1.4 s budget): on a direct path
-        // the call connects a few round trips sooner, which is most of call setup.
+        // ICE checks every 50 ms instead of 200 ms: on a direct path the call connects a
+        // few round trips sooner, which is most of call setup. A pair is given up after
+        // 200 unanswered checks (10 s, the give-up window), not webrtc's 7: after an ICE
+        // restart during an outage the new pairs must outlast the outage, or the restart
+        // fails before the network comes back (a 5 s cut then ended the call).
         // A relay pair may be chosen after 0.5 s instead of webrtc's 2 s: a direct path,
         // when there is one, has answered its checks by then (tens of ms on real
         // networks), and a relay-only call no longer idles. With `--ice-policy relay`
@@ -615,7 +618,7 @@ impl Peer {
             IcePolicy::All => Duration::from_millis(500),
         };
         let setting_engine = SettingEngineBuilder::new()
-            .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(28))
+            .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(200))
             .with_relay_acceptance_min_wait(Some(relay_wait))
             // A vanished path is noticed fast: a keepalive every 1 s, disconnected after
             // 2.5 s of silence (the UI says "reconnecting" and the offerer restarts ICE),

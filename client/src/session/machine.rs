@@ -752,6 +752,14 @@ impl Session {
             }
             ServerMessage::Signal { match_id, payload } => {
                 if self.current_match() == Some(&match_id) {
+                    // A new offer in a live call is the partner restarting ICE: its path
+                    // to us was lost, so ours is too, even if our own ICE has not noticed
+                    // yet. Say so (and arm the give-up timer) as on our own disconnect.
+                    let restart = payload.get("kind").and_then(|k| k.as_str()) == Some("offer")
+                        && matches!(&self.phase, Phase::Live { match_id: live } if *live == match_id);
+                    if restart {
+                        self.handle(Input::PeerDisconnected(match_id.clone()));
+                    }
                     self.out.push_back(Output::PeerSignal { match_id, payload });
                 }
             }
@@ -1669,6 +1677,40 @@ mod tests {
     }
 
     const GIVE_UP_LINE: &str = "Couldn't connect to this stranger — finding someone new.";
+
+    #[test]
+    fn the_answerer_shows_reconnecting_when_the_partner_restarts_ice() {
+        let mut s = welcomed();
+        s.handle(Input::Start { interests: vec![] });
+        matched(&mut s, "m1", Role::Answerer);
+        // The first offer sets the call up: nothing lost.
+        s.handle(Input::Server(ServerMessage::Signal {
+            match_id: "m1".into(),
+            payload: serde_json::json!({"kind":"offer","sdp":"v=0"}),
+        }));
+        s.handle(Input::PeerConnected("m1".into()));
+        drain(&mut s);
+        assert!(!s.status().peer_lost);
+        // A later offer in the live call is an ICE restart.
+        s.handle(Input::Server(ServerMessage::Signal {
+            match_id: "m1".into(),
+            payload: serde_json::json!({"kind":"offer","sdp":"v=0"}),
+        }));
+        let outs = drain(&mut s);
+        assert!(s.status().peer_lost);
+        assert!(s.status().peer_timer.is_some(), "give-up timer armed");
+        assert_eq!(s.status().ice_restart, 0, "only the offerer restarts");
+        assert!(outs.contains(&Output::Notify(Notice::System(
+            "Connection to the stranger lost — reconnecting…".into()
+        ))));
+        assert!(
+            outs.iter().any(|o| matches!(o, Output::PeerSignal { .. })),
+            "the offer still reaches the peer: {outs:?}"
+        );
+        s.handle(Input::PeerConnected("m1".into()));
+        drain(&mut s);
+        assert!(!s.status().peer_lost, "back when connected");
+    }
 
     #[test]
     fn a_lost_path_shows_reconnecting_and_comes_back_in_the_same_call() {

@@ -65,7 +65,7 @@ fn run(args: &[&str]) {
 }
 
 /// Runs `nft -f -` inside namespace `ns` with `script` on stdin.
-fn nft(ns: &str, script: &str) {
+pub fn nft(ns: &str, script: &str) {
     use std::io::Write;
     let mut child = Command::new("ip")
         .args(["netns", "exec", ns, "nft", "-f", "-"])
