@@ -30,8 +30,9 @@ if [ "$want_test" = 1 ]; then
   # tests at another Firefox.
   [ -n "${PEER_STREAM_FIREFOX:-}" ] || packages+=(firefox-esr)
   # The cluster tests start real redis-server nodes; the network lab builds namespaces
-  # joined by veth pairs and impairs them with nftables.
-  packages+=(redis-server iproute2 nftables)
+  # joined by veth pairs and impairs them with nftables, tc (rate limits) and an
+  # iptables-legacy NFQUEUE rule (delay: nftables' own `queue` is not in every kernel).
+  packages+=(redis-server iproute2 nftables iptables)
   # The package test (scripts/package-test.sh): desktop entry, AppStream and systemd
   # unit validators, dpkg, fakeroot (dpkg --root as a normal user).
   packages+=(desktop-file-utils appstream systemd dpkg fakeroot)
