@@ -12,6 +12,11 @@
 //! * `idle`: server RSS before and after opening N idle connections (held by worker
 //!   processes, so that neither side runs out of file descriptors).
 //!
+//! Several nodes: `--nodes N` spawns N servers (`--server URL` may also be repeated for
+//! nodes that already run) and spreads the clients over them round-robin; with
+//! `--spawn-redis` (or `--redis URL`) the nodes share one Redis (`--redis` on each node)
+//! and the figures add the Redis commands per pairing / per message (`INFO commandstats`).
+//!
 //! Every scenario is bounded in time and count and only ever talks to loopback addresses.
 //! With `--json` the figures are also printed as one JSON object on stdout (the human
 //! readable lines then go to stderr).
@@ -41,6 +46,10 @@ use tokio::time::{sleep, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
+
+mod redis;
+
+use redis::{CommandCalls, RedisSide};
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -101,13 +110,30 @@ enum Scenario {
 #[derive(Args, Debug, Clone)]
 struct Common {
     /// Target an already-running server instead of spawning one, e.g. ws://127.0.0.1:3000/ws
-    /// (loopback addresses only).
-    #[arg(long, value_name = "URL")]
-    server: Option<String>,
+    /// (loopback addresses only). Repeat it (or separate URLs with commas) for several
+    /// nodes of one cluster: clients are spread over them round-robin.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    server: Vec<String>,
 
-    /// Pid of the --server process, to report its CPU time and memory.
-    #[arg(long, value_name = "PID", requires = "server")]
-    server_pid: Option<u32>,
+    /// Pid of each --server process, in the same order, to report their CPU time and memory.
+    #[arg(long, value_name = "PID", requires = "server", value_delimiter = ',')]
+    server_pid: Vec<u32>,
+
+    /// Spawn this many server nodes (all pinned to --server-cpu) and spread the clients
+    /// over them round-robin. Without a shared Redis (--spawn-redis or --redis) the nodes
+    /// are independent servers.
+    #[arg(long, default_value_t = 1, value_name = "N", conflicts_with = "server")]
+    nodes: usize,
+
+    /// Start a redis-server (on a free loopback port, no persistence) for the run and give
+    /// every spawned node `--redis` to it; Redis commands per unit of work are reported.
+    #[arg(long, conflicts_with_all = ["server", "redis"])]
+    spawn_redis: bool,
+
+    /// A running Redis (loopback redis://HOST:PORT[/DB]): spawned nodes get `--redis URL`,
+    /// and its command counters are reported per unit of work.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
 
     /// Server binary to spawn [default: peer-stream-server next to this executable].
     #[arg(long, value_name = "PATH", conflicts_with = "server")]
@@ -392,12 +418,38 @@ fn parse_target(url: &str) -> Result<Target> {
     })
 }
 
-/// Where the server runs and which process it is (for CPU and memory figures).
+/// Where the server nodes run and which processes they are (for CPU and memory figures).
 struct ServerSide {
+    nodes: Vec<Node>,
+    pinned_cpu: Option<u32>,
+    /// The Redis the nodes share, when the run knows it.
+    redis: Option<RedisSide>,
+}
+
+/// One server node.
+struct Node {
     target: Target,
     pid: Option<u32>,
     spawned: Option<SpawnedServer>,
-    pinned_cpu: Option<u32>,
+}
+
+impl ServerSide {
+    fn targets(&self) -> Vec<Target> {
+        self.nodes.iter().map(|n| n.target.clone()).collect()
+    }
+
+    /// The first node (the only one for single-node scenarios such as `idle`).
+    fn first(&self) -> &Node {
+        &self.nodes[0]
+    }
+
+    /// utime + stime of every node together; `None` when a node's pid is unknown.
+    fn cpu_ticks(&self) -> Option<u64> {
+        self.nodes
+            .iter()
+            .map(|n| n.pid.and_then(|p| proc_cpu_ticks(&p.to_string())))
+            .sum()
+    }
 }
 
 /// A server started by the generator; killed (and its temporary directory removed) on drop,
@@ -489,7 +541,11 @@ fn default_server_flags(listen: SocketAddr, db: &Path) -> Vec<(&'static str, Str
     ]
 }
 
-fn spawn_server(common: &Common, nproc: usize) -> Result<(SpawnedServer, Target, Option<u32>)> {
+fn spawn_server(
+    common: &Common,
+    nproc: usize,
+    redis: Option<&str>,
+) -> Result<(SpawnedServer, Target, Option<u32>)> {
     let bin = match &common.server_bin {
         Some(p) => p.clone(),
         None => std::env::current_exe()
@@ -511,7 +567,7 @@ fn spawn_server(common: &Common, nproc: usize) -> Result<(SpawnedServer, Target,
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let dir = std::env::temp_dir().join(format!(
-        "peer-stream-loadgen-{}-{nanos}",
+        "peer-stream-loadgen-{}-{port}-{nanos}",
         std::process::id()
     ));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -532,6 +588,9 @@ fn spawn_server(common: &Common, nproc: usize) -> Result<(SpawnedServer, Target,
         }
     }
     args.extend(common.server_args.iter().cloned());
+    if let Some(url) = redis {
+        args.push(format!("--redis={url}"));
+    }
 
     let pin = !common.no_pin && nproc >= 2 && find_in_path("taskset").is_some();
     // Raise the soft open-files limit to the hard one, pin, then exec the server itself so
@@ -574,25 +633,82 @@ fn spawn_server(common: &Common, nproc: usize) -> Result<(SpawnedServer, Target,
 }
 
 async fn setup_server(common: &Common, nproc: usize) -> Result<ServerSide> {
-    if let Some(url) = &common.server {
-        let target = parse_target(url)?;
-        let mut ws = open_session(&target, ws_config(8 * 1024))
-            .await
-            .with_context(|| format!("connecting to {}", target.url))?;
-        let _ = ws.close(None).await;
-        if let Some(pid) = common.server_pid {
-            if proc_cpu_ticks(&pid.to_string()).is_none() {
-                bail!("no process {pid} (--server-pid) readable in /proc");
+    let redis = if common.spawn_redis {
+        let side = RedisSide::spawn(free_port()?)?;
+        progress(format!("started redis-server at {}", side.url));
+        Some(side)
+    } else {
+        common
+            .redis
+            .as_deref()
+            .map(RedisSide::external)
+            .transpose()?
+    };
+    if !common.server.is_empty() {
+        if !common.server_pid.is_empty() && common.server_pid.len() != common.server.len() {
+            bail!(
+                "give one --server-pid per --server ({} URLs, {} pids)",
+                common.server.len(),
+                common.server_pid.len()
+            );
+        }
+        let mut nodes = Vec::new();
+        for (i, url) in common.server.iter().enumerate() {
+            let target = parse_target(url)?;
+            let mut ws = open_session(&target, ws_config(8 * 1024))
+                .await
+                .with_context(|| format!("connecting to {}", target.url))?;
+            let _ = ws.close(None).await;
+            let pid = common.server_pid.get(i).copied();
+            if let Some(pid) = pid {
+                if proc_cpu_ticks(&pid.to_string()).is_none() {
+                    bail!("no process {pid} (--server-pid) readable in /proc");
+                }
             }
+            nodes.push(Node {
+                target,
+                pid,
+                spawned: None,
+            });
         }
         return Ok(ServerSide {
-            target,
-            pid: common.server_pid,
-            spawned: None,
+            nodes,
             pinned_cpu: None,
+            redis,
         });
     }
-    let (mut server, target, pinned_cpu) = spawn_server(common, nproc)?;
+    if common.nodes == 0 || common.nodes > 16 {
+        bail!("--nodes must be between 1 and 16");
+    }
+    let mut nodes = Vec::new();
+    let mut pinned_cpu = None;
+    for _ in 0..common.nodes {
+        let (server, target, pinned) =
+            spawn_server(common, nproc, redis.as_ref().map(|r| r.url.as_str()))?;
+        pinned_cpu = pinned;
+        nodes.push(Node {
+            target,
+            pid: Some(server.pid()),
+            spawned: Some(server),
+        });
+    }
+    for node in &mut nodes {
+        wait_until_serving(node).await?;
+    }
+    Ok(ServerSide {
+        nodes,
+        pinned_cpu,
+        redis,
+    })
+}
+
+/// Waits until a spawned node answers `hello`; fails with its log when it exits or stays
+/// silent.
+async fn wait_until_serving(node: &mut Node) -> Result<()> {
+    let target = node.target.clone();
+    let Some(server) = node.spawned.as_mut() else {
+        return Ok(());
+    };
     let deadline = Instant::now() + SERVER_START_TIMEOUT;
     loop {
         if let Some(status) = server.exited() {
@@ -609,7 +725,7 @@ async fn setup_server(common: &Common, nproc: usize) -> Result<ServerSide> {
         {
             Ok(Ok(mut ws)) => {
                 let _ = ws.close(None).await;
-                break;
+                return Ok(());
             }
             Ok(Err(e)) => format!("{e:#}"),
             Err(_) => "timed out".to_string(),
@@ -624,12 +740,6 @@ async fn setup_server(common: &Common, nproc: usize) -> Result<ServerSide> {
         }
         sleep(Duration::from_millis(100)).await;
     }
-    Ok(ServerSide {
-        target,
-        pid: Some(server.pid()),
-        spawned: Some(server),
-        pinned_cpu,
-    })
 }
 
 fn tail(text: &str, lines: usize) -> String {
@@ -852,16 +962,30 @@ struct Snap {
     server_ticks: Option<u64>,
     self_ticks: Option<u64>,
     system: Option<(u64, u64, u64)>,
+    /// Redis's own CPU (when the run started it) and its command counters.
+    redis_ticks: Option<u64>,
+    redis_calls: Option<CommandCalls>,
     c: CounterSnap,
 }
 
 impl Snap {
     fn take(server: &ServerSide, c: &Counters) -> Snap {
+        let redis = server.redis.as_ref();
         Snap {
             at: Instant::now(),
-            server_ticks: server.pid.and_then(|p| proc_cpu_ticks(&p.to_string())),
+            server_ticks: server.cpu_ticks(),
             self_ticks: proc_cpu_ticks("self"),
             system: system_ticks(),
+            redis_ticks: redis
+                .and_then(|r| r.pid())
+                .and_then(|p| proc_cpu_ticks(&p.to_string())),
+            redis_calls: redis.and_then(|r| match r.command_calls() {
+                Ok(calls) => Some(calls),
+                Err(e) => {
+                    progress(format!("could not read Redis counters: {e:#}"));
+                    None
+                }
+            }),
             c: c.snap(),
         }
     }
@@ -879,6 +1003,9 @@ struct Window {
     irq_cpu_s: Option<f64>,
     /// Time the hypervisor gave our virtual CPUs to someone else.
     steal_cpu_s: Option<f64>,
+    /// Redis's CPU time (when the run started it) and its commands in the window.
+    redis_cpu_s: Option<f64>,
+    redis_calls: Option<CommandCalls>,
     c: CounterSnap,
 }
 
@@ -890,10 +1017,13 @@ impl Window {
         };
         let server_cpu_s = cpu(a.server_ticks, b.server_ticks);
         let self_cpu_s = cpu(a.self_ticks, b.self_ticks);
+        let redis_cpu_s = cpu(a.redis_ticks, b.redis_ticks);
         let (other_cpu_s, irq_cpu_s, steal_cpu_s) = match (a.system, b.system) {
             (Some((au, ai, ast)), Some((bu, bi, bst))) => {
                 let busy = bu.saturating_sub(au) as f64 / tck as f64;
-                let ours = server_cpu_s.unwrap_or(0.0) + self_cpu_s.unwrap_or(0.0);
+                let ours = server_cpu_s.unwrap_or(0.0)
+                    + self_cpu_s.unwrap_or(0.0)
+                    + redis_cpu_s.unwrap_or(0.0);
                 (
                     Some((busy - ours).max(0.0)),
                     Some(bi.saturating_sub(ai) as f64 / tck as f64),
@@ -909,6 +1039,11 @@ impl Window {
             other_cpu_s,
             irq_cpu_s,
             steal_cpu_s,
+            redis_cpu_s,
+            redis_calls: match (&a.redis_calls, &b.redis_calls) {
+                (Some(x), Some(y)) => Some(redis::calls_between(x, y)),
+                _ => None,
+            },
             c: b.c.minus(a.c),
         }
     }
@@ -962,6 +1097,7 @@ impl Report {
             w.server_cpu_s.map(|s| s / w.secs),
         );
         self.set_opt(&format!("{prefix}server_cpu_us_per_{unit}"), per);
+        self.redis(prefix, w, unit, units);
         self.set_opt(&format!("{prefix}loadgen_cpu_s"), w.self_cpu_s);
         self.set_opt(
             &format!("{prefix}loadgen_cpu_util"),
@@ -1026,6 +1162,42 @@ impl Report {
                 }
             ));
         }
+    }
+
+    /// Redis commands (and Redis CPU) per unit of work, when the nodes share a Redis.
+    fn redis(&mut self, prefix: &str, w: &Window, unit: &str, units: u64) {
+        let Some(calls) = &w.redis_calls else {
+            return;
+        };
+        let total: u64 = calls.values().sum();
+        let per = |n: u64| (units > 0).then(|| n as f64 / units as f64);
+        self.set(&format!("{prefix}redis_commands"), total);
+        self.set_opt(&format!("{prefix}redis_commands_per_{unit}"), per(total));
+        let by_cmd: Map<String, Value> = calls
+            .iter()
+            .map(|(k, &v)| (k.clone(), json!(per(v).map(round2))))
+            .collect();
+        self.set(
+            &format!("{prefix}redis_commands_per_{unit}_by_command"),
+            Value::Object(by_cmd),
+        );
+        self.set_opt(&format!("{prefix}redis_cpu_s"), w.redis_cpu_s);
+        let detail: Vec<String> = calls
+            .iter()
+            .map(|(k, &v)| match per(v) {
+                Some(p) => format!("{k} {p:.2}"),
+                None => format!("{k} {v}"),
+            })
+            .collect();
+        self.line(format!(
+            "  redis:       {total} commands = {} per {unit} ({}){}",
+            per(total).map_or("n/a".to_string(), |p| format!("{p:.2}")),
+            detail.join(", "),
+            w.redis_cpu_s.map_or(String::new(), |s| format!(
+                "; redis cpu {:.0}% of one core",
+                100.0 * s / w.secs
+            ))
+        ));
     }
 
     fn tally(&mut self, key: &str, tally: &BTreeMap<String, u64>) {
@@ -1201,7 +1373,7 @@ fn clip(s: &str, max: usize) -> String {
 /// Opens `n` sessions, `parallel` at a time. Returns the sessions, the failure count and
 /// the distinct failure reasons.
 async fn open_sessions(
-    t: &Target,
+    targets: &[Target],
     n: usize,
     parallel: usize,
     cfg: WebSocketConfig,
@@ -1209,8 +1381,12 @@ async fn open_sessions(
     let mut ok = Vec::with_capacity(n);
     let mut failed = 0;
     let mut reasons = BTreeMap::new();
+    if targets.is_empty() {
+        return (ok, n, reasons);
+    }
+    // Round-robin over the nodes: client i talks to node i mod N.
     let mut stream = futures_util::stream::iter(0..n)
-        .map(|_| open_session(t, cfg))
+        .map(|i| open_session(&targets[i % targets.len()], cfg))
         .buffer_unordered(parallel.max(1));
     while let Some(r) = stream.next().await {
         match r {
@@ -1230,7 +1406,7 @@ async fn open_clients(server: &ServerSide, n: usize, parallel: usize) -> Result<
     let started = Instant::now();
     progress(format!("opening {n} connections ({parallel} in parallel)…"));
     let (conns, failed, reasons) =
-        open_sessions(&server.target, n, parallel, ws_config(16 * 1024)).await;
+        open_sessions(&server.targets(), n, parallel, ws_config(16 * 1024)).await;
     progress(format!(
         "{} connected in {:.2} s, {failed} failed",
         conns.len(),
@@ -1308,9 +1484,27 @@ async fn run_scenario(scenario: Scenario, nproc: usize, self_pinned: bool) -> Re
     let mut rep = Report::new(common.json);
     let tck = clk_tck();
     rep.set("scenario", scenario.name());
-    rep.set("server_url", server.target.url.clone());
-    rep.set("server_spawned", server.spawned.is_some());
-    rep.set("server_pid", server.pid.map_or(Value::Null, |p| json!(p)));
+    let first = server.first();
+    let spawned = first.spawned.is_some();
+    rep.set("server_url", first.target.url.clone());
+    rep.set("server_spawned", spawned);
+    rep.set("server_pid", first.pid.map_or(Value::Null, |p| json!(p)));
+    rep.set("nodes", server.nodes.len());
+    rep.set(
+        "node_urls",
+        json!(server
+            .nodes
+            .iter()
+            .map(|n| n.target.url.clone())
+            .collect::<Vec<_>>()),
+    );
+    rep.set(
+        "redis_url",
+        server
+            .redis
+            .as_ref()
+            .map_or(Value::Null, |r| json!(r.url.clone())),
+    );
     rep.set(
         "server_pinned_cpu",
         server.pinned_cpu.map_or(Value::Null, |c| json!(c)),
@@ -1325,7 +1519,7 @@ async fn run_scenario(scenario: Scenario, nproc: usize, self_pinned: bool) -> Re
     );
     rep.set("nproc", nproc);
     rep.set("clk_tck", tck);
-    if let Some(s) = &server.spawned {
+    if let Some(s) = &first.spawned {
         rep.set("server_bin", s.bin.display().to_string());
         rep.set(
             "server_bin_mtime_unix",
@@ -1333,14 +1527,15 @@ async fn run_scenario(scenario: Scenario, nproc: usize, self_pinned: bool) -> Re
         );
     }
     rep.line(format!(
-        "peer-stream-loadgen {}: server {} ({}{}), generator {}",
+        "peer-stream-loadgen {}: server {}{} ({}{}), generator {}",
         scenario.name(),
-        server.target.url,
-        if server.spawned.is_some() {
-            "spawned"
-        } else {
-            "external"
+        first.target.url,
+        match (server.nodes.len(), &server.redis) {
+            (1, None) => String::new(),
+            (n, None) => format!(" and {} more node(s)", n - 1),
+            (n, Some(r)) => format!(" and {} more node(s), Redis {}", n - 1, r.url),
         },
+        if spawned { "spawned" } else { "external" },
         server
             .pinned_cpu
             .map_or(String::new(), |c| format!(", pinned to CPU {c}")),
@@ -1360,21 +1555,30 @@ async fn run_scenario(scenario: Scenario, nproc: usize, self_pinned: bool) -> Re
     };
 
     let mut exited = None;
-    if let Some(spawned) = server.spawned.as_mut() {
+    let mut log_lines = 0;
+    for (i, node) in server.nodes.iter_mut().enumerate() {
+        let Some(spawned) = node.spawned.as_mut() else {
+            continue;
+        };
         if let Some(status) = spawned.exited() {
-            rep.line(format!("  SERVER EXITED during the run: {status}"));
+            rep.line(format!(
+                "  SERVER (node {i}) EXITED during the run: {status}"
+            ));
             rep.set("server_exited", status.clone());
             exited = Some(status);
         }
         let log = spawned.log_text();
         let lines = log.lines().count();
-        rep.set("server_log_lines", lines);
+        log_lines += lines;
         if lines > 0 {
             eprintln!(
-                "[loadgen] the server logged {lines} line(s) at warn level or above; last ones:"
+                "[loadgen] node {i} logged {lines} line(s) at warn level or above; last ones:"
             );
             eprintln!("{}", tail(&log, 15));
         }
+    }
+    if server.nodes.iter().any(|n| n.spawned.is_some()) {
+        rep.set("server_log_lines", log_lines);
     }
     result?;
     rep.finish();
@@ -2240,7 +2444,11 @@ async fn idle(a: &IdleArgs, server: &ServerSide, rep: &mut Report, tck: u64) -> 
     if steps.is_empty() {
         bail!("--conns needs at least one positive count");
     }
-    let pid = server.pid.map(|p| p.to_string());
+    if server.nodes.len() != 1 {
+        bail!("idle measures one node's memory: run it with one node");
+    }
+    let node = server.first();
+    let pid = node.pid.map(|p| p.to_string());
     // Cap so that the server stays under its open-files limit and the ports suffice.
     let mut cap = MAX_IDLE_CONNS as u64;
     if let Some((Some(soft), _)) = pid.as_deref().and_then(proc_nofile) {
@@ -2289,7 +2497,7 @@ async fn idle(a: &IdleArgs, server: &ServerSide, rep: &mut Report, tck: u64) -> 
                 let n = need.min(a.per_worker);
                 new.push(spawn_worker(
                     &exe,
-                    &server.target,
+                    &node.target,
                     n,
                     a.join,
                     a.connect_parallel,
@@ -2362,7 +2570,7 @@ async fn idle(a: &IdleArgs, server: &ServerSide, rep: &mut Report, tck: u64) -> 
             rep.set("connections_held", held);
             rep.set_opt("rss_per_conn_kib", per_conn);
             rep.set_opt("server_cpu_us_per_conn", cpu_us_per_conn);
-            if let Some(spawned) = &server.spawned {
+            if let Some(spawned) = &node.spawned {
                 // A server that died (e.g. out of fds) makes the figures meaningless.
                 if proc_cpu_ticks(&spawned.pid().to_string()).is_none() {
                     bail!("the server process is gone");
@@ -2385,8 +2593,13 @@ async fn worker_main(a: WorkerArgs) -> Result<()> {
     let target = parse_target(&a.url)?;
     let max_hold = check_duration("max-hold", a.max_hold, 3600.0)?;
     check_own_fds(a.count)?;
-    let (conns, failed, reasons) =
-        open_sessions(&target, a.count, a.connect_parallel, ws_config(4096)).await;
+    let (conns, failed, reasons) = open_sessions(
+        std::slice::from_ref(&target),
+        a.count,
+        a.connect_parallel,
+        ws_config(4096),
+    )
+    .await;
     for (why, n) in &reasons {
         eprintln!("[idle-worker] {n} × {why}");
     }
