@@ -2078,15 +2078,26 @@ fn report_latency(rep: &mut Report, prefix: &str, r: &PhaseResult) {
 }
 
 /// Opens 2 × `pairs` sessions, joins them all and waits until each is matched.
+///
+/// With several nodes every pair is split over two nodes (pair k: node k mod N and node
+/// k + 1 mod N), so every relayed message crosses nodes: the two sides of a pair join
+/// with an interest of their own (`p<k>`), which the server pairs first.
 async fn open_pairs(server: &ServerSide, pairs: usize, parallel: usize) -> Result<Vec<Peer>> {
     if pairs == 0 {
         bail!("--pairs must be at least 1");
     }
-    let conns = open_clients(server, 2 * pairs, parallel).await?;
-    let join = Msgs::new().join;
+    let conns: Vec<(Ws, Utf8Bytes)> = if server.nodes.len() < 2 {
+        let join = Msgs::new().join;
+        open_clients(server, 2 * pairs, parallel)
+            .await?
+            .into_iter()
+            .map(|ws| (ws, join.clone()))
+            .collect()
+    } else {
+        cross_node_clients(server, pairs, parallel).await?
+    };
     let mut set = JoinSet::new();
-    for mut ws in conns {
-        let join = join.clone();
+    for (mut ws, join) in conns {
         set.spawn(async move {
             ws.send(Message::Text(join)).await?;
             let deadline = tokio::time::Instant::now() + MATCH_TIMEOUT;
@@ -2120,6 +2131,52 @@ async fn open_pairs(server: &ServerSide, pairs: usize, parallel: usize) -> Resul
         bail!("no pair could be matched");
     }
     Ok(peers)
+}
+
+/// Both sides of every pair, each with the `join` that names the pair's own interest.
+async fn cross_node_clients(
+    server: &ServerSide,
+    pairs: usize,
+    parallel: usize,
+) -> Result<Vec<(Ws, Utf8Bytes)>> {
+    let n = server.nodes.len();
+    check_own_fds(2 * pairs)?;
+    let mut per_node: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for k in 0..pairs {
+        per_node[k % n].push(k);
+        per_node[(k + 1) % n].push(k);
+    }
+    progress(format!(
+        "opening {} connections over {n} nodes, every pair split over two nodes…",
+        2 * pairs
+    ));
+    let mut out = Vec::with_capacity(2 * pairs);
+    for (node, ks) in server.nodes.iter().zip(&per_node) {
+        let (conns, failed, reasons) = open_sessions(
+            std::slice::from_ref(&node.target),
+            ks.len(),
+            parallel,
+            ws_config(16 * 1024),
+        )
+        .await;
+        if failed > 0 {
+            let why: Vec<String> = reasons.iter().map(|(k, v)| format!("{v} × {k}")).collect();
+            bail!(
+                "{failed} connections to {} failed: {}",
+                node.target.url,
+                why.join("; ")
+            );
+        }
+        for (ws, &k) in conns.into_iter().zip(ks) {
+            let join: Utf8Bytes = ClientMessage::Join {
+                interests: vec![format!("p{k}")],
+            }
+            .to_json()
+            .into();
+            out.push((ws, join));
+        }
+    }
+    Ok(out)
 }
 
 #[allow(clippy::too_many_arguments)]
