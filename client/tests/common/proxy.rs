@@ -19,6 +19,12 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(upstream: u16) -> Proxy {
+        Proxy::start_to(std::net::SocketAddr::from(([127, 0, 0, 1], upstream))).await
+    }
+
+    /// A proxy on 127.0.0.1 to any `upstream` address (e.g. the network lab's server, so
+    /// a page inside a lab namespace is served from a secure-context loopback origin).
+    pub async fn start_to(upstream: std::net::SocketAddr) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let generation = Arc::new(Mutex::new(CancellationToken::new()));
@@ -31,7 +37,7 @@ impl Proxy {
                     accepted.fetch_add(1, Relaxed);
                     let cut = generation.lock().unwrap().clone();
                     tokio::spawn(async move {
-                        let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", upstream)).await
+                        let Ok(mut outbound) = TcpStream::connect(upstream).await
                         else {
                             return;
                         };
