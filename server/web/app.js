@@ -32,6 +32,12 @@
   // is given up: `next` with reason connection_failed (PROTOCOL.md), and on to someone new.
   const CONNECT_TIMEOUT_MS = 10000;
   const PEER_GIVE_UP_MS = 10000;
+  // Browsers call a path `disconnected` only after ~5 s of silence (not configurable);
+  // the desktop app notices in 2.5 s. So a call that was receiving media and hears no
+  // RTP packet for this long counts as lost too (a partner sends audio all the time,
+  // also muted: silence frames), checked every PATH_WATCH_MS.
+  const PEER_SILENT_MS = 2000;
+  const PATH_WATCH_MS = 500;
   const UNDO_WINDOW_MS = 5000;
   const SETUP_TIMEOUT_MS = 8000;
   const ALWAYS_SHOW_KEY = 'peer-stream.alwaysShowVideo';
@@ -149,6 +155,9 @@
     // The path to the stranger was lost (ICE disconnected) and may come back.
     peerLost: false,
     peerLostTimer: null,
+    // Inbound RTP packets at the last change, and when (the silence watch).
+    pathWatch: null,
+    heard: { packets: 0, at: 0 },
     remoteStream: null,
     pendingCandidates: [],
     signalChain: Promise.resolve(),
@@ -853,23 +862,16 @@
       const state = pc.connectionState;
       if (state === 'connected') {
         clearTimeout(s.connectTimer);
-        if (s.peerLost) {
-          s.peerLost = false;
-          clearTimeout(s.peerLostTimer);
-          system('Reconnected to the stranger.');
-        }
-      } else if (state === 'disconnected' && !s.peerLost && s.phase === 'chatting') {
-        // The stranger's network (or ours) vanished: wait for it, restarting ICE from
-        // the offering side, and give up if it is not back in time.
-        s.peerLost = true;
-        system('Connection to the stranger lost — reconnecting…');
-        if (s.role === 'offerer') restartIce(pc);
-        s.peerLostTimer = setTimeout(() => giveUp(pc), PEER_GIVE_UP_MS);
+        if (s.peerLost) pathBack();
+      } else if (state === 'disconnected') {
+        pathLost(pc);
       } else if (state === 'failed') {
         giveUp(pc);
       }
       render();
     };
+    s.heard = { packets: 0, at: performance.now() };
+    s.pathWatch = setInterval(() => watchPath(pc), PATH_WATCH_MS);
 
     if (s.role === 'offerer') {
       for (const kind of ['video', 'audio']) {
@@ -885,6 +887,49 @@
         await pc.setLocalDescription(offer);
         if (pc === s.pc) sendSignal({ kind: 'offer', sdp: pc.localDescription.sdp });
       });
+    }
+  }
+
+  /// The stranger's network (or ours) vanished: wait for it, restarting ICE from the
+  /// offering side, and give up if it is not back in time.
+  function pathLost(pc) {
+    if (pc !== s.pc || s.peerLost || s.phase !== 'chatting') return;
+    s.peerLost = true;
+    system('Connection to the stranger lost — reconnecting…');
+    if (s.role === 'offerer') restartIce(pc);
+    s.peerLostTimer = setTimeout(() => giveUp(pc), PEER_GIVE_UP_MS);
+    render();
+  }
+
+  function pathBack() {
+    if (!s.peerLost) return;
+    s.peerLost = false;
+    clearTimeout(s.peerLostTimer);
+    system('Reconnected to the stranger.');
+    render();
+  }
+
+  /// The silence watch: RTP that stops for PEER_SILENT_MS in a call that was receiving
+  /// is a lost path (the browser's `disconnected` comes seconds later); RTP flowing again
+  /// over a connected transport ends it.
+  async function watchPath(pc) {
+    if (pc !== s.pc || s.phase !== 'chatting') return;
+    let packets = 0;
+    try {
+      const report = await pc.getStats();
+      report.forEach((r) => {
+        if (r.type === 'inbound-rtp') packets += r.packetsReceived ?? 0;
+      });
+    } catch (e) {
+      return; // closed meanwhile
+    }
+    if (pc !== s.pc) return;
+    const now = performance.now();
+    if (packets !== s.heard.packets) {
+      s.heard = { packets, at: now };
+      if (s.peerLost && pc.connectionState === 'connected') pathBack();
+    } else if (packets > 0 && now - s.heard.at >= PEER_SILENT_MS) {
+      pathLost(pc);
     }
   }
 
@@ -1083,6 +1128,8 @@
     s.videoUnavailable = false;
     s.peerLost = false;
     clearTimeout(s.peerLostTimer);
+    clearInterval(s.pathWatch);
+    s.pathWatch = null;
     s.pendingCandidates = [];
     if (pc) {
       pc.onicecandidate = null;
