@@ -95,6 +95,12 @@ pub struct Config {
     #[arg(long, env = "PEER_STREAM_RESUME_WINDOW_SECS", default_value_t = 15)]
     pub resume_window_secs: u64,
 
+    /// Run as one node of a cluster: the waiting queue, the online/waiting counts and the
+    /// way to partners on other nodes live in this Redis (redis://HOST:PORT[/DB]); any number
+    /// of nodes with the same URL act as one service. Without it: one node, in memory.
+    #[arg(long, env = "PEER_STREAM_REDIS", value_name = "URL", value_parser = redis_url)]
+    pub redis: Option<String>,
+
     /// Allowed values of the Origin header for /ws (repeatable or comma-separated; empty = any).
     /// Requests without an Origin (native apps) are always allowed.
     #[arg(
@@ -232,6 +238,15 @@ fn origin(s: &str) -> Result<String, String> {
                 .into(),
         )
     }
+}
+
+/// `--redis`: a URL the Redis client accepts (`redis://HOST:PORT[/DB]`, or
+/// `redis+unix:///PATH`); checked at start-up rather than at the first `join`.
+fn redis_url(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    redis::Client::open(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("not a Redis URL (redis://HOST:PORT[/DB]): {e}"))
 }
 
 /// `--max-message-bytes`: below 1 KiB even a `hello` would be refused.

@@ -106,6 +106,18 @@ pub async fn serve<S>(
     shared.metrics.connections.fetch_sub(1, Relaxed);
 }
 
+/// How a connection ends when the server stops: 1001 (going away) for a single server; a
+/// cluster node (`--redis`) sends 1012 (service restart): the service goes on at other
+/// nodes, so the client reconnects at once (through the load balancer) instead of
+/// treating the server as gone.
+fn shutting_down(shared: &Shared) -> End {
+    if shared.config.redis.is_some() {
+        End::Close(CloseCode::Restart, "node shutting down")
+    } else {
+        End::Close(CloseCode::Away, "server shutting down")
+    }
+}
+
 impl<S> Session<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -133,7 +145,7 @@ where
         loop {
             tokio::select! {
                 biased;
-                _ = shared.shutdown.cancelled() => return End::Close(CloseCode::Away, "server shutting down"),
+                _ = shared.shutdown.cancelled() => return shutting_down(&shared),
                 _ = kick.cancelled() => return End::Drop,
                 Some(msg) = outbox.recv() => match tokio::select! {
                     // A kick (slow reader) must not wait for a write that is stuck.
@@ -255,10 +267,10 @@ where
                 backlog,
             }) = reply_rx.await
             else {
-                return Some(End::Close(CloseCode::Away, "server shutting down"));
+                return Some(shutting_down(&shared));
             };
             if !registered {
-                return Some(End::Close(CloseCode::Away, "server shutting down"));
+                return Some(shutting_down(&shared));
             }
             tracing::debug!(%session, ip = %self.ip, %client, asked_resume, resumed, "hello");
             self.id = Some(session.clone());
@@ -336,7 +348,7 @@ where
             }
         };
         if !shared.matchmaker.send(cmd).await {
-            return Some(End::Close(CloseCode::Away, "server shutting down"));
+            return Some(shutting_down(&shared));
         }
         None
     }

@@ -73,6 +73,17 @@ where
                 respond(&mut stream, 200, "text/plain", "ok\n").await
             }
         }
+        ("GET" | "HEAD", "/readyz") => {
+            // Readiness (for a load balancer): can this node take new users now? Not while
+            // shutting down, nor while a cluster node's Redis is unreachable.
+            if shared.shutdown.is_cancelled() {
+                respond(&mut stream, 503, "text/plain", "shutting down\n").await
+            } else if !shared.ready.load(std::sync::atomic::Ordering::Relaxed) {
+                respond(&mut stream, 503, "text/plain", "redis unreachable\n").await
+            } else {
+                respond(&mut stream, 200, "text/plain", "ready\n").await
+            }
+        }
         ("GET" | "HEAD", "/metrics") => {
             let body = shared.metrics.render();
             respond(&mut stream, 200, "text/plain; version=0.0.4", &body).await
@@ -80,7 +91,7 @@ where
         (method @ ("GET" | "HEAD"), p) if web::asset(p).is_some() => {
             serve_asset(&mut stream, &req, p, method == "HEAD").await
         }
-        (_, p) if matches!(p, "/healthz" | "/metrics") || web::asset(p).is_some() => {
+        (_, p) if matches!(p, "/healthz" | "/readyz" | "/metrics") || web::asset(p).is_some() => {
             respond(&mut stream, 405, "text/plain", "method not allowed\n").await
         }
         _ => respond(&mut stream, 404, "text/plain", "not found\n").await,

@@ -24,11 +24,14 @@ pub use config::Config;
 use anyhow::Context;
 use ice::IceConfig;
 use limits::ConnectionLimiter;
+use matchmaker::cluster::local::LocalCluster;
+use matchmaker::cluster::redis::RedisCluster;
 use matchmaker::queue::MatchQueue;
-use matchmaker::MatchmakerHandle;
+use matchmaker::{Backend, MatchmakerHandle};
 use metrics::Metrics;
 use moderation::Moderation;
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -46,6 +49,9 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// False while the cluster's Redis cannot be reached (`/readyz` answers 503); always
+    /// true for a single node.
+    pub ready: Arc<AtomicBool>,
 }
 
 /// Serves HTTP and WebSocket clients on `listener` until `shutdown` resolves; then stops
@@ -75,9 +81,29 @@ pub async fn run(
     if !ice.turn_urls.is_empty() && ice.turn_secret.is_none() {
         tracing::warn!("--turn given without --turn-secret: TURN URLs are not handed out");
     }
-    let queue = MatchQueue::new(config.interest_fallback(), config.rematch_cooldown());
+    let (backend, ready) = match &config.redis {
+        None => {
+            let queue = MatchQueue::new(config.interest_fallback(), config.rematch_cooldown());
+            (
+                Backend::Local(LocalCluster::new(queue)),
+                Arc::new(AtomicBool::new(true)),
+            )
+        }
+        Some(url) => {
+            let cluster = RedisCluster::connect(
+                url,
+                config.interest_fallback(),
+                config.rematch_cooldown(),
+                &token,
+                &tracker,
+            )
+            .await?;
+            let ready = cluster.health().ready;
+            (Backend::Redis(cluster), ready)
+        }
+    };
     let matchmaker = matchmaker::spawn(
-        queue,
+        backend,
         ice,
         Arc::clone(&metrics),
         moderation.clone(),
@@ -99,6 +125,7 @@ pub async fn run(
         moderation,
         shutdown: token.clone(),
         tracker: tracker.clone(),
+        ready,
     });
     let local = listener.local_addr().context("listener address")?;
     tracing::info!(

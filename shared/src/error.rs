@@ -31,6 +31,11 @@ pub enum ErrorCode {
     /// or the partner is gone or in a new match). Only ever sent in reply to `undo_next`;
     /// the sender keeps its place.
     UndoUnavailable,
+    /// The service cannot take the request right now (a server run as a cluster node lost
+    /// its shared store): only in reply to `join`/`next` (the session stays idle, not
+    /// queued) or to a relay to a partner on another node. Retry later, with backoff. Added
+    /// after v1's first release: older clients read it as [`ErrorCode::Other`].
+    Unavailable,
     /// A code this build does not know (only ever produced when deserializing).
     #[serde(other)]
     Other,
@@ -38,7 +43,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code the server can send, for metrics and documentation.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::HelloRequired,
@@ -49,6 +54,7 @@ impl ErrorCode {
         ErrorCode::Invalid,
         ErrorCode::Banned,
         ErrorCode::UndoUnavailable,
+        ErrorCode::Unavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +69,7 @@ impl ErrorCode {
             ErrorCode::Invalid => "invalid",
             ErrorCode::Banned => "banned",
             ErrorCode::UndoUnavailable => "undo_unavailable",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::Other => "other",
         }
     }

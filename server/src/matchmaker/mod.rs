@@ -6,15 +6,19 @@
 //! ready-to-send frames into each connection's bounded outbox. A connection whose
 //! outbox is full is a slow reader and gets disconnected instead of growing memory.
 
+pub mod cluster;
 pub mod queue;
 
 use crate::ice::IceConfig;
 use crate::metrics::{Metrics, UndoResult};
 use crate::moderation::{Moderation, Report};
+use cluster::local::LocalCluster;
+use cluster::redis::RedisCluster;
+use cluster::{Cluster, NodeMsg, Paired, RemoteSide, Tick};
 use peer_stream_shared::{
     CallPath, ErrorCode, MatchId, NextReason, PartnerLeftReason, Role, ServerMessage, SessionId,
 };
-use queue::{MatchQueue, Pair, Parked};
+use queue::{Pair, Parked};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::IpAddr;
@@ -170,6 +174,8 @@ struct PastMatch {
     match_id: MatchId,
     partner: SessionId,
     partner_ip: IpAddr,
+    /// The partner is served by another node.
+    remote: bool,
     /// This side already sent its `call_report` for this match (later ones are ignored).
     call_reported: bool,
 }
@@ -177,6 +183,8 @@ struct PastMatch {
 /// What a session's last `next` skipped, so `undo_next` can bring it back.
 struct UndoTicket {
     partner: SessionId,
+    /// The partner is served by another node.
+    remote: bool,
     /// The match the `next` ended.
     match_id: MatchId,
     until: Instant,
@@ -232,12 +240,33 @@ struct Conn {
 struct Match {
     a: SessionId,
     b: SessionId,
+    /// The node serving `b` when it is not this one (`a` is then this node's session).
+    remote: Option<String>,
 }
 
-pub struct Matchmaker {
+impl Match {
+    /// The other side of `session` in this match, and its node when it is not this one.
+    fn partner_of(&self, session: &SessionId) -> (SessionId, Option<String>) {
+        if &self.a == session {
+            (self.b.clone(), self.remote.clone())
+        } else {
+            (self.a.clone(), None)
+        }
+    }
+}
+
+/// Where the queue lives: this process, or Redis shared with other nodes.
+// Built once at start-up and moved into the actor: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Backend {
+    Local(LocalCluster),
+    Redis(RedisCluster),
+}
+
+pub struct Matchmaker<C: Cluster> {
     conns: HashMap<SessionId, Conn>,
     matches: HashMap<MatchId, Match>,
-    queue: MatchQueue,
+    cluster: C,
     ice: IceConfig,
     metrics: Arc<Metrics>,
     moderation: Moderation,
@@ -260,7 +289,7 @@ pub struct Matchmaker {
 /// A lost connection's session waits `resume_window` for its client to come back.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn(
-    queue: MatchQueue,
+    backend: Backend,
     ice: IceConfig,
     metrics: Arc<Metrics>,
     moderation: Moderation,
@@ -269,23 +298,46 @@ pub fn spawn(
     tracker: &tokio_util::task::TaskTracker,
 ) -> MatchmakerHandle {
     let (tx, rx) = mpsc::channel(16 * 1024);
-    let mm = Matchmaker {
-        conns: HashMap::new(),
-        matches: HashMap::new(),
-        queue,
-        ice,
-        metrics,
-        moderation,
-        self_tx: tx.clone(),
-        count_subscribers: 0,
-        counts_last: (0, 0),
-        counts_dirty: false,
-        resume_window,
-        tokens: HashMap::new(),
-        expiries: BinaryHeap::new(),
-    };
-    tracker.spawn(mm.run(rx, shutdown));
+    // Two concrete actors rather than a boxed trait object: the in-memory one costs
+    // nothing extra, and each one's future is checked `Send` as it is.
+    match backend {
+        Backend::Local(c) => {
+            let mm = Matchmaker::new(c, ice, metrics, moderation, resume_window, tx.clone());
+            tracker.spawn(mm.run(rx, shutdown));
+        }
+        Backend::Redis(c) => {
+            let mm = Matchmaker::new(c, ice, metrics, moderation, resume_window, tx.clone());
+            tracker.spawn(mm.run(rx, shutdown));
+        }
+    }
     MatchmakerHandle { tx }
+}
+
+impl<C: Cluster> Matchmaker<C> {
+    fn new(
+        cluster: C,
+        ice: IceConfig,
+        metrics: Arc<Metrics>,
+        moderation: Moderation,
+        resume_window: Duration,
+        tx: mpsc::Sender<Command>,
+    ) -> Self {
+        Matchmaker {
+            conns: HashMap::new(),
+            matches: HashMap::new(),
+            cluster,
+            ice,
+            metrics,
+            moderation,
+            self_tx: tx,
+            count_subscribers: 0,
+            counts_last: (0, 0),
+            counts_dirty: false,
+            resume_window,
+            tokens: HashMap::new(),
+            expiries: BinaryHeap::new(),
+        }
+    }
 }
 
 fn new_id() -> String {
@@ -298,8 +350,9 @@ pub fn random_id() -> String {
     new_id()
 }
 
-impl Matchmaker {
+impl<C: Cluster> Matchmaker<C> {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        let mut inbound = self.cluster.take_inbound();
         // The next time-based pairing chance, recomputed only when the queue changed
         // (most commands are relays that never touch it).
         let mut deadline = None;
@@ -307,33 +360,57 @@ impl Matchmaker {
         let mut counts_tick = tokio::time::interval(COUNTS_INTERVAL);
         counts_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if seen_version != Some(self.queue.version()) {
-                seen_version = Some(self.queue.version());
-                deadline = self.queue.next_deadline(Instant::now());
+            if seen_version != Some(self.cluster.version()) {
+                seen_version = Some(self.cluster.version());
+                deadline = self.cluster.next_deadline(Instant::now());
             }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd),
+                    Some(cmd) => self.handle(cmd).await,
                     None => break,
                 },
+                Some(msg) = recv_opt(&mut inbound) => self.on_node_msg(msg).await,
                 _ = sleep_until_opt(deadline) => {
-                    for pair in self.queue.poll(Instant::now()) {
-                        self.start_match(pair);
+                    for paired in self.cluster.poll(Instant::now()).await {
+                        self.start_match(paired).await;
                     }
                 }
                 _ = sleep_until_opt(self.expiries.peek().map(|Reverse((at, _))| *at)) => {
-                    self.expire(Instant::now());
+                    self.expire(Instant::now()).await;
                 }
-                at = counts_tick.tick() => self.send_counts(at.into_std()),
+                at = counts_tick.tick() => {
+                    let tick = self.cluster.tick(self.conns.len() as u64).await;
+                    self.on_tick(tick).await;
+                    self.send_counts(at.into_std());
+                }
             }
-            self.metrics.waiting.store(self.queue.len() as i64, Relaxed);
+            self.metrics
+                .waiting
+                .store(self.cluster.local_waiting() as i64, Relaxed);
         }
+        // Partners on other nodes hear that this node's sessions are gone, and this
+        // node's waiters leave the shared queue (a cluster's other nodes go on).
+        let remote: Vec<(MatchId, SessionId, String)> = self
+            .matches
+            .iter()
+            .filter_map(|(id, m)| Some((id.clone(), m.b.clone(), m.remote.clone()?)))
+            .collect();
+        for (match_id, to, node) in remote {
+            let msg = NodeMsg::PartnerLeft {
+                to,
+                match_id,
+                reason: PartnerLeftReason::Disconnected,
+                cooldown: false,
+            };
+            let _ = self.cluster.send_to(&node, &msg).await;
+        }
+        self.cluster.shutdown().await;
         tracing::debug!("matchmaker stopped");
     }
 
-    fn handle(&mut self, cmd: Command) {
+    async fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Register {
                 session,
@@ -347,18 +424,18 @@ impl Matchmaker {
             } => {
                 let link = Link::Live { outbox, kick, conn };
                 let fresh = match resume.and_then(|token| self.tokens.remove(&token)) {
-                    Some(old) => self.resume(old, ip, link, counts, reply),
+                    Some(old) => self.resume(old, ip, link, counts, reply).await,
                     None => Some((link, reply)),
                 };
                 if let Some((link, reply)) = fresh {
-                    self.register(session, ip, link, counts, reply);
+                    self.register(session, ip, link, counts, reply).await;
                 }
             }
-            Command::Join { session, interests } => self.join(session, interests),
-            Command::Next { session, reason } => self.next(session, reason),
+            Command::Join { session, interests } => self.join(session, interests).await,
+            Command::Next { session, reason } => self.next(session, reason).await,
             Command::Leave { session } => {
-                self.end_current(&session, PartnerLeftReason::Left);
-                if self.queue.remove(&session) {
+                self.end_current(&session, PartnerLeftReason::Left).await;
+                if self.cluster.remove(&session).await {
                     self.set_state(&session, State::Idle);
                 }
                 if let Some(c) = self.conns.get_mut(&session) {
@@ -370,7 +447,7 @@ impl Matchmaker {
                 session,
                 match_id,
                 frame,
-            } => self.relay(session, match_id, frame),
+            } => self.relay(session, match_id, frame).await,
             Command::Report {
                 session,
                 match_id,
@@ -378,15 +455,15 @@ impl Matchmaker {
             } => self.report(session, match_id, reason),
             Command::Disconnect { session, conn } => {
                 if self.serves(&session, conn) {
-                    self.end_session(&session);
+                    self.end_session(&session).await;
                 }
             }
             Command::Detach {
                 session,
                 conn,
                 outbox,
-            } => self.detach(session, conn, outbox),
-            Command::UndoNext { session } => self.undo_next(session),
+            } => self.detach(session, conn, outbox).await,
+            Command::UndoNext { session } => self.undo_next(session).await,
             Command::CallReport {
                 session,
                 match_id,
@@ -397,7 +474,7 @@ impl Matchmaker {
                 let ice_servers = self.ice.servers_for(&session, SystemTime::now());
                 self.send(&session, &ServerMessage::IceServers { ice_servers });
             }
-            Command::Block { session, match_id } => self.block(session, match_id),
+            Command::Block { session, match_id } => self.block(session, match_id).await,
             Command::Banned { ip } => {
                 let banned: Vec<SessionId> = self
                     .conns
@@ -406,7 +483,8 @@ impl Matchmaker {
                     .map(|(s, _)| s.clone())
                     .collect();
                 for s in banned {
-                    self.close_banned(&s, "you have been banned after reports from other users");
+                    self.close_banned(&s, "you have been banned after reports from other users")
+                        .await;
                 }
             }
             Command::BansChanged => {
@@ -417,14 +495,14 @@ impl Matchmaker {
                     .map(|(s, _)| s.clone())
                     .collect();
                 for s in banned {
-                    self.close_banned(&s, "this address is banned");
+                    self.close_banned(&s, "this address is banned").await;
                 }
             }
         }
     }
 
     /// A new session: `welcome` (through `reply`), then `counts` when asked for.
-    fn register(
+    async fn register(
         &mut self,
         session: SessionId,
         ip: IpAddr,
@@ -434,7 +512,7 @@ impl Matchmaker {
     ) {
         // Banned between its connection check and its hello (an operator's ban).
         let banned = self.moderation.is_banned(ip);
-        let numbers = (self.conns.len() as u64 + 1, self.queue.len() as u64);
+        let numbers = self.cluster.counts(self.conns.len() as u64 + 1);
         let resume_token = if banned {
             None
         } else {
@@ -459,13 +537,13 @@ impl Matchmaker {
             .store(self.conns.len() as i64, Relaxed);
         let _ = reply.send(Registered {
             session: session.clone(),
-            online: self.conns.len() as u64,
+            online: numbers.0,
             resume_token,
             resumed: false,
             backlog: Vec::new(),
         });
         if banned {
-            self.close_banned(&session, "this address is banned");
+            self.close_banned(&session, "this address is banned").await;
         } else {
             self.subscribe_counts(&session, counts, numbers);
         }
@@ -477,7 +555,7 @@ impl Matchmaker {
     /// puts a parked waiter back in its place. The partner hears nothing. Returns the
     /// connection back when it must start a new session instead (the address is banned:
     /// the old session then ends at once, like a disconnect).
-    fn resume(
+    async fn resume(
         &mut self,
         session: SessionId,
         ip: IpAddr,
@@ -489,10 +567,10 @@ impl Matchmaker {
             return Some((link, reply));
         }
         if self.moderation.is_banned(ip) {
-            self.end_session(&session);
+            self.end_session(&session).await;
             return Some((link, reply));
         }
-        let numbers = (self.conns.len() as u64, self.queue.len() as u64);
+        let numbers = self.cluster.counts(self.conns.len() as u64);
         let resume_token = self.new_token(&session);
         let c = self.conns.get_mut(&session)?;
         c.ip = ip;
@@ -516,15 +594,19 @@ impl Matchmaker {
         tracing::debug!(%session, held = backlog.len(), "session resumed");
         let _ = reply.send(Registered {
             session: session.clone(),
-            online: self.conns.len() as u64,
+            online: numbers.0,
             resume_token,
             resumed: true,
             backlog,
         });
         self.subscribe_counts(&session, counts, numbers);
         if let Some(parked) = parked.filter(|_| waiting) {
-            if let Some(pair) = self.queue.unpark(session, parked, Instant::now()) {
-                self.start_match(pair);
+            if let Some(paired) = self
+                .cluster
+                .unpark(session, parked, ip, Instant::now())
+                .await
+            {
+                self.start_match(paired).await;
             }
         }
         None
@@ -580,7 +662,7 @@ impl Matchmaker {
     /// The connection `conn` of `session` was lost without a close frame: the session
     /// keeps its match (or its place in the queue, parked), holds what is sent to it, and
     /// ends when the resume window does. Without resuming it ends at once.
-    fn detach(&mut self, session: SessionId, conn: u64, mut outbox: mpsc::Receiver<Message>) {
+    async fn detach(&mut self, session: SessionId, conn: u64, mut outbox: mpsc::Receiver<Message>) {
         if !self.serves(&session, conn) {
             return;
         }
@@ -589,7 +671,7 @@ impl Matchmaker {
             .get(&session)
             .is_some_and(|c| c.resume_token.is_some());
         if !resumable {
-            self.end_session(&session);
+            self.end_session(&session).await;
             return;
         }
         // What was queued for the lost connection but never written comes first.
@@ -601,13 +683,14 @@ impl Matchmaker {
             }
         }
         let until = Instant::now() + self.resume_window;
-        let Some(c) = self.conns.get_mut(&session) else {
-            return;
-        };
-        let parked = if c.state == State::Waiting {
-            self.queue.park(&session)
+        let waiting = self.conns.get(&session).map(|c| &c.state) == Some(&State::Waiting);
+        let parked = if waiting {
+            self.cluster.park(&session).await
         } else {
             None
+        };
+        let Some(c) = self.conns.get_mut(&session) else {
+            return;
         };
         c.link = Link::Away(Box::new(Detached {
             until,
@@ -622,7 +705,7 @@ impl Matchmaker {
     }
 
     /// Ends the detached sessions whose resume window is over, like disconnects.
-    fn expire(&mut self, now: Instant) {
+    async fn expire(&mut self, now: Instant) {
         while self
             .expiries
             .peek()
@@ -639,16 +722,17 @@ impl Matchmaker {
             if due {
                 self.metrics.resume_expired_total.fetch_add(1, Relaxed);
                 tracing::debug!(%session, "resume window over");
-                self.end_session(&session);
+                self.end_session(&session).await;
             }
         }
     }
 
     /// The session is over: its partner gets `partner_left` `disconnected`, it leaves
     /// the queue, its blocks and its token are dropped.
-    fn end_session(&mut self, session: &SessionId) {
-        self.end_current(session, PartnerLeftReason::Disconnected);
-        self.queue.forget(session);
+    async fn end_session(&mut self, session: &SessionId) {
+        self.end_current(session, PartnerLeftReason::Disconnected)
+            .await;
+        self.cluster.forget(session).await;
         if let Some(c) = self.conns.remove(session) {
             if c.counts.is_some() {
                 self.count_subscribers = self.count_subscribers.saturating_sub(1);
@@ -667,12 +751,12 @@ impl Matchmaker {
 
     /// Error `banned`, then close 1008: the connection ends once both are written. A
     /// detached session just ends (it would be refused on its way back anyway).
-    fn close_banned(&mut self, session: &SessionId, message: &str) {
+    async fn close_banned(&mut self, session: &SessionId, message: &str) {
         if matches!(
             self.conns.get(session).map(|c| &c.link),
             Some(Link::Away(_))
         ) {
-            self.end_session(session);
+            self.end_session(session).await;
             return;
         }
         self.send_error(session, ErrorCode::Banned, message);
@@ -691,7 +775,7 @@ impl Matchmaker {
         }
     }
 
-    fn join(&mut self, session: SessionId, interests: Vec<String>) {
+    async fn join(&mut self, session: SessionId, interests: Vec<String>) {
         let Some(conn) = self.conns.get_mut(&session) else {
             return;
         };
@@ -705,36 +789,38 @@ impl Matchmaker {
         }
         conn.interests = interests;
         conn.stopped = false;
-        self.enqueue(session);
+        self.enqueue(session).await;
     }
 
     /// `next`: ends the current match (the partner gets `partner_left` `skipped`, or
     /// `disconnected` for reason `connection_failed`) and re-queues the sender. A plain
     /// `next` that ended a match opens the undo window; a `connection_failed` one does not
     /// (and drops an older window). Both keep the rematch cooldown.
-    fn next(&mut self, session: SessionId, reason: Option<NextReason>) {
+    async fn next(&mut self, session: SessionId, reason: Option<NextReason>) {
         if !self.conns.contains_key(&session) {
             return;
         }
         let connection_failed = reason == Some(NextReason::ConnectionFailed);
         let skipped = if connection_failed {
             self.end_current_as(&session, PartnerLeftReason::Disconnected, true)
+                .await
         } else {
-            self.end_current(&session, PartnerLeftReason::Skipped)
+            self.end_current(&session, PartnerLeftReason::Skipped).await
         };
         if let Some(c) = self.conns.get_mut(&session) {
             c.stopped = false;
             if connection_failed {
                 c.undo = None;
-            } else if let Some((match_id, partner)) = skipped {
+            } else if let Some((match_id, partner, node)) = skipped {
                 c.undo = Some(UndoTicket {
                     partner,
+                    remote: node.is_some(),
                     match_id,
                     until: Instant::now() + UNDO_WINDOW,
                 });
             }
         }
-        self.enqueue(session);
+        self.enqueue(session).await;
     }
 
     /// `undo_next`: re-pairs `session` with the partner its last `next` skipped, if that
@@ -742,7 +828,7 @@ impl Matchmaker {
     /// moved on (waiting, or idle after `partner_left`), and neither blocked the other.
     /// A match the skipper got in the meantime ends first (its partner is re-queued).
     /// Otherwise `undo_unavailable`, and the sender keeps its place.
-    fn undo_next(&mut self, session: SessionId) {
+    async fn undo_next(&mut self, session: SessionId) {
         let now = Instant::now();
         let Some(conn) = self.conns.get_mut(&session) else {
             return;
@@ -757,6 +843,11 @@ impl Matchmaker {
         };
         let partner = ticket.partner;
         let refusal = match self.conns.get(&partner) {
+            // Served by another node (or gone): an undo across nodes is not supported yet.
+            None if ticket.remote => Some((
+                UndoResult::Gone,
+                "the stranger is connected to another server",
+            )),
             None => Some((UndoResult::Gone, "the stranger has left")),
             Some(p) if matches!(p.link, Link::Away(_)) => {
                 Some((UndoResult::Gone, "the stranger's connection dropped"))
@@ -773,7 +864,7 @@ impl Matchmaker {
                     "the stranger is already talking to someone new",
                 ))
             }
-            Some(_) if self.queue.blocked(&session, &partner) => Some((
+            Some(_) if self.cluster.blocked(&session, &partner) => Some((
                 UndoResult::Blocked,
                 "you can't be matched with this stranger again",
             )),
@@ -782,13 +873,16 @@ impl Matchmaker {
         if let Some((result, message)) = refusal {
             return self.refuse_undo(&session, result, message);
         }
-        self.queue.remove(&session);
-        self.queue.remove(&partner);
+        self.cluster.remove(&session).await;
+        self.cluster.remove(&partner).await;
         // A match the skipper got right after its `next` ends first; that partner goes
-        // back to the queue on its own.
+        // back to the queue on its own (when it is served here; another node re-queues
+        // its own session when it hears `partner_left`).
         let third = self
             .end_current(&session, PartnerLeftReason::Skipped)
-            .map(|(_, p)| p);
+            .await
+            .filter(|(_, _, node)| node.is_none())
+            .map(|(_, p, _)| p);
         let common_interests = match (self.conns.get(&partner), self.conns.get(&session)) {
             (Some(p), Some(s)) => p
                 .interests
@@ -800,17 +894,18 @@ impl Matchmaker {
         };
         self.metrics.undo(UndoResult::Resumed);
         self.open_match(
-            Pair {
+            Paired::local(Pair {
                 first: partner,
                 second: session,
                 common_interests,
                 first_waited: Duration::ZERO,
                 second_waited: Duration::ZERO,
-            },
+            }),
             true,
-        );
+        )
+        .await;
         if let Some(third) = third {
-            self.enqueue(third);
+            self.enqueue(third).await;
         }
     }
 
@@ -845,7 +940,7 @@ impl Matchmaker {
 
     /// `block`: the partner of `match_id` (the current or a recent match) and `session`
     /// are never paired again while both live. No reply on success.
-    fn block(&mut self, session: SessionId, match_id: MatchId) {
+    async fn block(&mut self, session: SessionId, match_id: MatchId) {
         let Some(past) = self.recent_match(
             &session,
             &match_id,
@@ -853,12 +948,14 @@ impl Matchmaker {
         ) else {
             return;
         };
-        let partner = past.partner.clone();
+        let (partner, remote) = (past.partner.clone(), past.remote);
         self.metrics.blocks_total.fetch_add(1, Relaxed);
         // A partner that is gone never comes back (session ids are not reused): nothing
-        // to remember, and nothing left behind for `forget` to clean.
-        if self.conns.contains_key(&partner) {
-            self.queue.block(&session, &partner);
+        // to remember, and nothing left behind for `forget` to clean. Whether a partner on
+        // another node still lives is not known here: its block is kept (and dropped when
+        // this session ends).
+        if remote || self.conns.contains_key(&partner) {
+            self.cluster.block(&session, &partner).await;
         }
     }
 
@@ -866,7 +963,7 @@ impl Matchmaker {
     /// the current ones, unless it got some less than [`COUNTS_INTERVAL`] ago (then it
     /// gets the newest numbers at a later tick). Does nothing when nothing changed.
     fn send_counts(&mut self, at: Instant) {
-        let numbers = (self.conns.len() as u64, self.queue.len() as u64);
+        let numbers = self.cluster.counts(self.conns.len() as u64);
         if numbers == self.counts_last && !self.counts_dirty {
             return;
         }
@@ -905,54 +1002,86 @@ impl Matchmaker {
     }
 
     /// Puts a session in the queue (keeping its place if already there), tells it so,
-    /// and pairs it at once when someone compatible is waiting.
-    fn enqueue(&mut self, session: SessionId) {
+    /// and pairs it at once when someone compatible is waiting. When the shared queue is
+    /// unreachable the session stays idle and gets `error` `unavailable` instead.
+    async fn enqueue(&mut self, session: SessionId) {
         let Some(conn) = self.conns.get_mut(&session) else {
             return;
         };
-        conn.state = State::Waiting;
-        let interests = conn.interests.clone();
+        let (interests, ip) = (conn.interests.clone(), conn.ip);
         if let Link::Away(d) = &mut conn.link {
             // Its connection is lost: it gets a place in the queue, parked, so nobody is
             // paired with it unless it resumes.
-            if d.parked.is_none() {
-                d.parked = Some(self.queue.parked_at_back(interests, Instant::now()));
+            conn.state = State::Waiting;
+            let fresh = d.parked.is_none();
+            if fresh {
+                let parked = self.cluster.parked_at_back(interests, Instant::now());
+                if let Some(Conn {
+                    link: Link::Away(d),
+                    ..
+                }) = self.conns.get_mut(&session)
+                {
+                    d.parked = Some(parked);
+                }
             }
-            let waiting = self.queue.len() as u64 + 1;
+            let waiting = self.cluster.counts(0).1 + 1;
             self.send(&session, &ServerMessage::Queued { waiting });
             return;
         }
-        let already = self.queue.contains(&session);
-        let waiting = self.queue.len() as u64 + u64::from(!already);
-        self.send(&session, &ServerMessage::Queued { waiting });
-        if let Some(pair) = self.queue.push(session, interests, Instant::now()) {
-            self.start_match(pair);
+        match self
+            .cluster
+            .push(session.clone(), interests, ip, Instant::now())
+            .await
+        {
+            Ok(pushed) => {
+                self.set_state(&session, State::Waiting);
+                self.send(
+                    &session,
+                    &ServerMessage::Queued {
+                        waiting: pushed.waiting,
+                    },
+                );
+                if let Some(paired) = pushed.paired {
+                    self.start_match(paired).await;
+                }
+            }
+            Err(cluster::Unavailable) => {
+                self.set_state(&session, State::Idle);
+                self.send_error(
+                    &session,
+                    ErrorCode::Unavailable,
+                    "the service is busy (its shared queue cannot be reached); you are not \
+                     queued: try again in a moment",
+                );
+            }
         }
     }
 
-    fn start_match(&mut self, pair: Pair) {
-        self.open_match(pair, false);
+    async fn start_match(&mut self, paired: Paired) {
+        self.open_match(paired, false).await;
     }
 
     /// Opens a match between the two sessions of `pair` (`first` is the offerer);
-    /// `resumed` marks the rematch of an `undo_next`.
-    fn open_match(&mut self, pair: Pair, resumed: bool) {
+    /// `resumed` marks the rematch of an `undo_next`. A side served by another node is
+    /// told through that node's channel; if that cannot be done, the local side gets
+    /// `partner_left` `disconnected` at once.
+    async fn open_match(&mut self, paired: Paired, resumed: bool) {
+        let Paired { pair, remote } = paired;
         let match_id = MatchId(new_id());
-        let now = SystemTime::now();
-        let (Some(ip_a), Some(ip_b)) = (
-            self.conns.get(&pair.first).map(|c| c.ip),
-            self.conns.get(&pair.second).map(|c| c.ip),
-        ) else {
-            // Cannot happen: sessions leave the queue when they disconnect. Be safe anyway.
-            tracing::error!("paired a session that is gone; putting the other back");
-            for s in [pair.first, pair.second] {
-                if self.conns.contains_key(&s) {
-                    self.enqueue(s);
-                }
+        let ip_of = |s: &SessionId| match &remote {
+            Some(r) if r.session == *s => Some(r.ip),
+            _ => self.conns.get(s).map(|c| c.ip),
+        };
+        let (Some(ip_a), Some(ip_b)) = (ip_of(&pair.first), ip_of(&pair.second)) else {
+            // Cannot happen: sessions leave the queue when they disconnect. Be safe anyway:
+            // the one left is idle and can send `next` again.
+            tracing::error!("paired a session that is gone; the other one is left idle");
+            for s in [&pair.first, &pair.second] {
+                self.set_state(s, State::Idle);
             }
             return;
         };
-        for (me, other, other_ip, role, waited) in [
+        let sides = [
             (
                 &pair.first,
                 &pair.second,
@@ -967,58 +1096,250 @@ impl Matchmaker {
                 Role::Answerer,
                 pair.second_waited,
             ),
-        ] {
-            if let Some(c) = self.conns.get_mut(me) {
-                c.state = State::InMatch(match_id.clone());
-                c.recent_matches.truncate(REPORTABLE_MATCHES - 1);
-                c.recent_matches.push_front(PastMatch {
-                    match_id: match_id.clone(),
-                    partner: other.clone(),
-                    partner_ip: other_ip,
-                    call_reported: false,
-                });
+        ];
+        for (me, other, other_ip, role, waited) in sides {
+            if remote.as_ref().is_some_and(|r| r.session == *me) {
+                continue;
             }
-            if !resumed {
-                self.metrics.observe_time_to_match(waited);
-            }
-            let msg = ServerMessage::Matched {
-                match_id: match_id.clone(),
+            let other_node = remote.as_ref().map(|r| r.node.clone());
+            self.open_side(
+                me,
+                other,
+                other_ip,
+                other_node.is_some(),
                 role,
-                common_interests: pair.common_interests.clone(),
-                ice_servers: self.ice.servers_for(me, now),
+                (!resumed).then_some(waited),
+                &match_id,
+                &pair.common_interests,
                 resumed,
-            };
-            self.send(me, &msg);
+            );
         }
         self.metrics.matches_total.fetch_add(1, Relaxed);
         self.metrics.active_matches.fetch_add(1, Relaxed);
+        let Some(RemoteSide { session, node, .. }) = remote else {
+            self.matches.insert(
+                match_id,
+                Match {
+                    a: pair.first,
+                    b: pair.second,
+                    remote: None,
+                },
+            );
+            return;
+        };
+        let (local, role, waited) = if session == pair.first {
+            (pair.second, Role::Offerer, pair.first_waited)
+        } else {
+            (pair.first, Role::Answerer, pair.second_waited)
+        };
+        let local_ip = if role == Role::Offerer { ip_b } else { ip_a };
         self.matches.insert(
-            match_id,
+            match_id.clone(),
             Match {
-                a: pair.first,
-                b: pair.second,
+                a: local.clone(),
+                b: session.clone(),
+                remote: Some(node.clone()),
+            },
+        );
+        let msg = NodeMsg::Matched {
+            to: session,
+            match_id: match_id.clone(),
+            role,
+            common_interests: pair.common_interests,
+            partner: local.clone(),
+            partner_ip: local_ip,
+            from: self.cluster.node_id().to_owned(),
+            waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+        };
+        if self.cluster.send_to(&node, &msg).await.is_err() {
+            tracing::warn!(%local, %node, "could not tell the partner's node about a match");
+            self.end_remote_match(&match_id, PartnerLeftReason::Disconnected, false);
+        }
+    }
+
+    /// One side of a new match: its state, its recent matches, its `matched` message.
+    #[allow(clippy::too_many_arguments)]
+    fn open_side(
+        &mut self,
+        me: &SessionId,
+        other: &SessionId,
+        other_ip: IpAddr,
+        other_remote: bool,
+        role: Role,
+        waited: Option<Duration>,
+        match_id: &MatchId,
+        common_interests: &[String],
+        resumed: bool,
+    ) {
+        if let Some(c) = self.conns.get_mut(me) {
+            c.state = State::InMatch(match_id.clone());
+            c.recent_matches.truncate(REPORTABLE_MATCHES - 1);
+            c.recent_matches.push_front(PastMatch {
+                match_id: match_id.clone(),
+                partner: other.clone(),
+                partner_ip: other_ip,
+                remote: other_remote,
+                call_reported: false,
+            });
+        }
+        if let Some(waited) = waited {
+            self.metrics.observe_time_to_match(waited);
+        }
+        let msg = ServerMessage::Matched {
+            match_id: match_id.clone(),
+            role,
+            common_interests: common_interests.to_vec(),
+            ice_servers: self.ice.servers_for(me, SystemTime::now()),
+            resumed,
+        };
+        self.send(me, &msg);
+    }
+
+    /// The partner on another node of `match_id` is gone (it told us, or it could not be
+    /// reached): the local side is told `reason` and becomes idle.
+    fn end_remote_match(&mut self, match_id: &MatchId, reason: PartnerLeftReason, cooldown: bool) {
+        let Some(m) = self.matches.remove(match_id) else {
+            return;
+        };
+        self.metrics.active_matches.fetch_sub(1, Relaxed);
+        if cooldown {
+            self.cluster.record_skip(&m.a, &m.b, Instant::now());
+        }
+        self.set_state(&m.a, State::Idle);
+        self.send(
+            &m.a,
+            &ServerMessage::PartnerLeft {
+                match_id: match_id.clone(),
+                reason,
             },
         );
     }
 
+    /// A message from another node about one of this node's sessions.
+    async fn on_node_msg(&mut self, msg: NodeMsg) {
+        match msg {
+            NodeMsg::Matched {
+                to,
+                match_id,
+                role,
+                common_interests,
+                partner,
+                partner_ip,
+                from,
+                waited_ms,
+            } => {
+                let state = self.conns.get(&to).map(|c| &c.state);
+                if state != Some(&State::Waiting) {
+                    // It left the queue (or ended) while the other node paired it.
+                    let reason = if state.is_some() {
+                        PartnerLeftReason::Left
+                    } else {
+                        PartnerLeftReason::Disconnected
+                    };
+                    let reply = NodeMsg::PartnerLeft {
+                        to: partner,
+                        match_id,
+                        reason,
+                        cooldown: false,
+                    };
+                    let _ = self.cluster.send_to(&from, &reply).await;
+                    return;
+                }
+                self.cluster.claimed(&to).await;
+                if let Some(Conn {
+                    link: Link::Away(d),
+                    ..
+                }) = self.conns.get_mut(&to)
+                {
+                    // Paired while its connection was away: it finds the match on resume.
+                    d.parked = None;
+                }
+                self.open_side(
+                    &to,
+                    &partner,
+                    partner_ip,
+                    true,
+                    role,
+                    Some(Duration::from_millis(waited_ms)),
+                    &match_id,
+                    &common_interests,
+                    false,
+                );
+                self.metrics.active_matches.fetch_add(1, Relaxed);
+                self.matches.insert(
+                    match_id,
+                    Match {
+                        a: to,
+                        b: partner,
+                        remote: Some(from),
+                    },
+                );
+            }
+            NodeMsg::Relay {
+                to,
+                match_id,
+                frame,
+            } => {
+                let in_match = matches!(self.conns.get(&to).map(|c| &c.state), Some(State::InMatch(m)) if *m == match_id);
+                if in_match {
+                    if self.deliver_relay(&to, Utf8Bytes::from(frame)) {
+                        self.metrics.messages_relayed.fetch_add(1, Relaxed);
+                    } else {
+                        tracing::debug!(%to, "relay from another node dropped: backlog full");
+                    }
+                }
+            }
+            NodeMsg::PartnerLeft {
+                to,
+                match_id,
+                reason,
+                cooldown,
+            } => {
+                let ours = self.matches.get(&match_id).is_some_and(|m| m.a == to);
+                if ours {
+                    self.end_remote_match(&match_id, reason, cooldown);
+                }
+            }
+        }
+    }
+
+    /// The cluster's periodic news: matches whose partner's node died end as disconnects.
+    async fn on_tick(&mut self, tick: Tick) {
+        let Some(alive) = tick.alive else {
+            return;
+        };
+        let orphaned: Vec<MatchId> = self
+            .matches
+            .iter()
+            .filter(|(_, m)| m.remote.as_ref().is_some_and(|n| !alive.contains(n)))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for match_id in orphaned {
+            tracing::info!(%match_id, "the partner's node is gone");
+            self.end_remote_match(&match_id, PartnerLeftReason::Disconnected, false);
+        }
+    }
+
     /// Ends `session`'s current match, if any: the partner is told why and becomes idle.
-    /// Returns the match that ended and the partner.
-    fn end_current(
+    /// Returns the match that ended, the partner, and the partner's node when it is not
+    /// this one.
+    async fn end_current(
         &mut self,
         session: &SessionId,
         reason: PartnerLeftReason,
-    ) -> Option<(MatchId, SessionId)> {
+    ) -> Option<(MatchId, SessionId, Option<String>)> {
         self.end_current_as(session, reason, reason != PartnerLeftReason::Disconnected)
+            .await
     }
 
     /// [`Self::end_current`], choosing whether the pair gets the rematch cooldown (a
     /// `next` with `connection_failed` tells the partner `disconnected` but keeps it).
-    fn end_current_as(
+    async fn end_current_as(
         &mut self,
         session: &SessionId,
         reason: PartnerLeftReason,
         cooldown: bool,
-    ) -> Option<(MatchId, SessionId)> {
+    ) -> Option<(MatchId, SessionId, Option<String>)> {
         let Some(State::InMatch(match_id)) = self.conns.get(session).map(|c| &c.state) else {
             return None;
         };
@@ -1026,35 +1347,44 @@ impl Matchmaker {
         self.set_state(session, State::Idle);
         let m = self.matches.remove(&match_id)?;
         self.metrics.active_matches.fetch_sub(1, Relaxed);
-        let partner = if &m.a == session { m.b } else { m.a };
+        let (partner, node) = m.partner_of(session);
         if cooldown {
-            self.queue.record_skip(session, &partner, Instant::now());
+            self.cluster.record_skip(session, &partner, Instant::now());
         }
-        self.set_state(&partner, State::Idle);
-        self.send(
-            &partner,
-            &ServerMessage::PartnerLeft {
-                match_id: match_id.clone(),
-                reason,
-            },
-        );
-        Some((match_id, partner))
+        let left = ServerMessage::PartnerLeft {
+            match_id: match_id.clone(),
+            reason,
+        };
+        match &node {
+            None => {
+                self.set_state(&partner, State::Idle);
+                self.send(&partner, &left);
+            }
+            Some(node) => {
+                let msg = NodeMsg::PartnerLeft {
+                    to: partner.clone(),
+                    match_id: match_id.clone(),
+                    reason,
+                    cooldown,
+                };
+                if self.cluster.send_to(node, &msg).await.is_err() {
+                    // Its node notices the lost partner when the cluster is back (the
+                    // liveness check), not before: documented as a gap.
+                    tracing::warn!(%partner, %node, "could not tell the partner's node");
+                }
+            }
+        }
+        Some((match_id, partner, node))
     }
 
-    fn relay(&mut self, session: SessionId, match_id: MatchId, frame: Utf8Bytes) {
+    async fn relay(&mut self, session: SessionId, match_id: MatchId, frame: Utf8Bytes) {
         let in_match = matches!(self.conns.get(&session).map(|c| &c.state), Some(State::InMatch(m)) if *m == match_id);
         let partner = in_match
             .then(|| self.matches.get(&match_id))
             .flatten()
-            .map(|m| {
-                if m.a == session {
-                    m.b.clone()
-                } else {
-                    m.a.clone()
-                }
-            });
+            .map(|m| m.partner_of(&session));
         match partner {
-            Some(partner) => {
+            Some((partner, None)) => {
                 if self.deliver_relay(&partner, frame) {
                     self.metrics.messages_relayed.fetch_add(1, Relaxed);
                 } else {
@@ -1064,6 +1394,23 @@ impl Matchmaker {
                         RESUME_BACKLOG_BYTES / 1024
                     );
                     self.send_error(&session, ErrorCode::RateLimited, &message);
+                }
+            }
+            Some((partner, Some(node))) => {
+                let msg = NodeMsg::Relay {
+                    to: partner,
+                    match_id,
+                    frame: frame.as_str().to_owned(),
+                };
+                if self.cluster.send_to(&node, &msg).await.is_ok() {
+                    self.metrics.messages_relayed.fetch_add(1, Relaxed);
+                } else {
+                    self.send_error(
+                        &session,
+                        ErrorCode::Unavailable,
+                        "not delivered: the stranger is connected to another server, which \
+                         cannot be reached right now",
+                    );
                 }
             }
             None => self.send_error(
@@ -1206,6 +1553,14 @@ fn push(
             }
         }
         Err(mpsc::error::TrySendError::Closed(_)) => {}
+    }
+}
+
+/// The next message from other nodes; never, without a cluster.
+async fn recv_opt(rx: &mut Option<mpsc::Receiver<NodeMsg>>) -> Option<NodeMsg> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -27,9 +27,11 @@ struct Waiter {
 /// [`MatchQueue::unpark`] puts it back in its old place.
 #[derive(Clone, Debug)]
 pub struct Parked {
-    seq: u64,
-    interests: Vec<String>,
-    since: Instant,
+    /// The arrival number (in the Redis cluster: 0 for "the back of the queue", as Redis
+    /// numbers arrivals from 1).
+    pub(crate) seq: u64,
+    pub(crate) interests: Vec<String>,
+    pub(crate) since: Instant,
 }
 
 /// Two sessions the queue paired. `first` waited longer than `second`.
@@ -64,6 +66,32 @@ pub struct MatchQueue {
 }
 
 const MIN_PRUNE_AT: usize = 4096;
+
+/// The partner rule, shared by the in-memory queue and the Redis cluster (which reads the
+/// waiters from Redis and applies the same rule in Rust): among `others` — the allowed
+/// candidates (not me, not cooling down with me, not blocked), longest-waiting first, each
+/// with its interests and whether it is open to anyone — the first one sharing an interest
+/// with me, else the first one with whom both of us are open to anyone.
+pub fn choose<'a, K>(
+    my_interests: &[String],
+    me_open: bool,
+    others: impl IntoIterator<Item = (K, &'a [String], bool)>,
+) -> Option<K> {
+    let mut fallback = None;
+    for (k, interests, open) in others {
+        if !my_interests.is_empty() && my_interests.iter().any(|i| interests.contains(i)) {
+            return Some(k);
+        }
+        if fallback.is_none() && me_open && open {
+            if my_interests.is_empty() {
+                // Nobody can share an interest with someone who has none.
+                return Some(k);
+            }
+            fallback = Some(k);
+        }
+    }
+    fallback
+}
 
 fn pair_key(a: &SessionId, b: &SessionId) -> (SessionId, SessionId) {
     if a <= b {
@@ -306,31 +334,17 @@ impl MatchQueue {
         let me_open = self.open_to_anyone(me, now);
         // Looked up once: most sessions block no one.
         let my_blocks = self.blocks.get(&me.session);
-        let mut fallback_choice: Option<u64> = None;
-        let mut interest_choice: Option<u64> = None;
-        for (other_seq, other) in &self.waiters {
-            if *other_seq == seq || other.session == me.session {
-                continue;
-            }
-            if my_blocks.is_some_and(|b| b.contains(&other.session))
-                || self.cooling(&me.session, &other.session, now)
-            {
-                continue;
-            }
-            if !me.interests.is_empty() && me.interests.iter().any(|i| other.interests.contains(i))
-            {
-                interest_choice = Some(*other_seq);
-                break;
-            }
-            if fallback_choice.is_none() && me_open && self.open_to_anyone(other, now) {
-                fallback_choice = Some(*other_seq);
-                if me.interests.is_empty() {
-                    // Nobody can share an interest with someone who has none.
-                    break;
-                }
-            }
-        }
-        let other_seq = interest_choice.or(fallback_choice)?;
+        let others = self.waiters.iter().filter(|(other_seq, other)| {
+            **other_seq != seq
+                && other.session != me.session
+                && !my_blocks.is_some_and(|b| b.contains(&other.session))
+                && !self.cooling(&me.session, &other.session, now)
+        });
+        let other_seq = choose(
+            &me.interests,
+            me_open,
+            others.map(|(k, o)| (*k, o.interests.as_slice(), self.open_to_anyone(o, now))),
+        )?;
         let (a_seq, b_seq) = if other_seq < seq {
             (other_seq, seq)
         } else {

@@ -1,0 +1,963 @@
+//! Many nodes, one queue: the waiting queue in Redis, partners on other nodes reached
+//! through their node's pub/sub channel.
+//!
+//! Keys (all under `ps:`; pick a database with the URL's `/DB` to share a Redis):
+//! - `ps:waiters` (hash): session id → `SEQ|NODE|{json}`: the arrival number (from
+//!   `INCR ps:seq`), the node serving the session, and its interests, its arrival time,
+//!   its address and the sessions it must not be paired with (cooldowns and blocks, with
+//!   their end). The whole value is compared when a pair is claimed, so a waiter that
+//!   changed in between (or was paired by another node) is never claimed.
+//! - `ps:online` (hash): node → its sessions; `ps:alive:NODE`: the node's liveness, a key
+//!   that expires [`ALIVE_TTL`] after the node's last tick. A node whose key is gone is
+//!   dropped from `ps:online` and its waiters leave the queue (by whichever node ticks first).
+//! - `ps:node:NODE`: the node's pub/sub channel ([`NodeMsg`] as JSON).
+//!
+//! A pairing costs 2 round trips on the node that pairs (the push script, which adds the
+//! waiter and returns the whole queue; the claim script) plus 1 publish when the partner
+//! is on another node. A relayed frame to another node is 1 publish.
+//!
+//! When Redis cannot be reached, every call fails fast ([`Unavailable`]) instead of
+//! waiting, `/readyz` answers 503, and a health task notices when Redis is back; this
+//! node's waiters are then written again (a restarted Redis forgot them).
+
+use super::{Cluster, NodeMsg, Paired, Pushed, RemoteSide, Tick, Unavailable};
+use crate::matchmaker::queue::{choose, Pair, Parked};
+use futures_util::StreamExt;
+use peer_stream_shared::SessionId;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const WAITERS: &str = "ps:waiters";
+const SEQ: &str = "ps:seq";
+const ONLINE: &str = "ps:online";
+const ALIVE_PREFIX: &str = "ps:alive:";
+const CHANNEL_PREFIX: &str = "ps:node:";
+
+/// A node whose liveness key is older than this is dead: its waiters leave the queue and
+/// its partners on other nodes are told `disconnected`.
+pub const ALIVE_TTL: Duration = Duration::from_secs(10);
+/// Any one Redis call; past it the call fails and the node counts Redis as unreachable.
+const OP_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the health task pings Redis.
+const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+/// How often a node with waiters re-reads the queue: remote waiters reaching their
+/// fallback, cooldowns ending (each node also pairs its own waiters at their deadlines).
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Claims retried after a conflict (another node paired one of the two first).
+const CLAIM_TRIES: usize = 3;
+/// `partner_left` messages kept for nodes while Redis is unreachable, sent when it is back
+/// (beyond this, the oldest are dropped: those partners learn it from the liveness check
+/// only if the node dies).
+const PENDING_MAX: usize = 10_000;
+
+/// Adds (or updates) a waiter and returns `{seq, HGETALL waiters}`; `{-1, {}}` when asked
+/// to update a waiter that is no longer there (another node paired it).
+/// KEYS: waiters, seq. ARGV: session, node, body, seq ('' = take the next), only-if-present.
+const PUSH_LUA: &str = r"
+if ARGV[5] == '1' and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  return {-1, {}}
+end
+local seq = ARGV[4]
+if seq == '' then seq = tostring(redis.call('INCR', KEYS[2])) end
+redis.call('HSET', KEYS[1], ARGV[1], seq .. '|' .. ARGV[2] .. '|' .. ARGV[3])
+return {tonumber(seq), redis.call('HGETALL', KEYS[1])}
+";
+
+/// Removes two waiters only if both are still exactly as read: 1, else 0 (nothing done).
+/// KEYS: waiters. ARGV: a, a's value, b, b's value.
+const CLAIM_LUA: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] and redis.call('HGET', KEYS[1], ARGV[3]) == ARGV[4] then
+  redis.call('HDEL', KEYS[1], ARGV[1], ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// A node's tick: refreshes its liveness and its online count, drops dead nodes and their
+/// waiters; returns `{online (all live nodes), waiting, live nodes}`.
+/// KEYS: online, waiters. ARGV: node, its sessions, liveness ttl ms, liveness key prefix.
+const TICK_LUA: &str = r"
+redis.call('SET', ARGV[4] .. ARGV[1], '1', 'PX', ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local alive = {}
+local total = 0
+local nodes = redis.call('HGETALL', KEYS[1])
+for i = 1, #nodes, 2 do
+  if redis.call('EXISTS', ARGV[4] .. nodes[i]) == 1 then
+    total = total + tonumber(nodes[i + 1])
+    table.insert(alive, nodes[i])
+  else
+    redis.call('HDEL', KEYS[1], nodes[i])
+  end
+end
+local known = {}
+local waiters = redis.call('HGETALL', KEYS[2])
+for i = 1, #waiters, 2 do
+  local node = string.match(waiters[i + 1], '^%d+|([^|]*)|')
+  if node then
+    if known[node] == nil then known[node] = redis.call('EXISTS', ARGV[4] .. node) end
+    if known[node] == 0 then redis.call('HDEL', KEYS[2], waiters[i]) end
+  end
+end
+return {total, redis.call('HLEN', KEYS[2]), alive}
+";
+
+/// The JSON part of a waiter's value.
+#[derive(Debug, Serialize, Deserialize)]
+struct Body {
+    /// Interests.
+    i: Vec<String>,
+    /// When it started waiting (ms since the Unix epoch).
+    t: u64,
+    /// Its address (for reports made by its partner).
+    ip: IpAddr,
+    /// Sessions it must not be paired with, until when (ms; `u64::MAX` for a block).
+    #[serde(default)]
+    a: Vec<(SessionId, u64)>,
+}
+
+/// One waiter as read from Redis.
+#[derive(Debug)]
+struct Entry {
+    session: SessionId,
+    seq: u64,
+    node: String,
+    body: Body,
+    /// The whole value, compared by the claim.
+    raw: String,
+}
+
+impl Entry {
+    fn parse(session: String, raw: String) -> Option<Entry> {
+        let mut parts = raw.splitn(3, '|');
+        let seq = parts.next()?.parse().ok()?;
+        let node = parts.next()?.to_owned();
+        let body = serde_json::from_str(parts.next()?).ok()?;
+        Some(Entry {
+            session: SessionId(session),
+            seq,
+            node,
+            body,
+            raw,
+        })
+    }
+
+    /// Whether this waiter must not be paired with `other` at `now_ms`.
+    fn avoids(&self, other: &SessionId, now_ms: u64) -> bool {
+        self.body
+            .a
+            .iter()
+            .any(|(s, until)| s == other && *until > now_ms)
+    }
+}
+
+/// The waiters of a `HGETALL` (a flat list of field, value), longest-waiting first.
+fn parse_entries(flat: Vec<String>) -> Vec<Entry> {
+    let mut entries = Vec::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        match Entry::parse(k, v) {
+            Some(e) => entries.push(e),
+            None => tracing::warn!("an unreadable waiter in Redis, skipped"),
+        }
+    }
+    entries.sort_by_key(|e| e.seq);
+    entries
+}
+
+/// What this node knows of its own waiters.
+#[derive(Debug)]
+struct Mine {
+    seq: u64,
+    interests: Vec<String>,
+    since_ms: u64,
+    ip: IpAddr,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Redis is reachable (shared with `/readyz`), and how many times it came back.
+#[derive(Clone, Debug, Default)]
+pub struct Health {
+    pub ready: Arc<AtomicBool>,
+    comebacks: Arc<AtomicU64>,
+}
+
+pub struct RedisCluster {
+    node: String,
+    con: ConnectionManager,
+    health: Health,
+    /// `health.comebacks` when this node last wrote its waiters.
+    synced: u64,
+    fallback: Duration,
+    cooldown: Duration,
+    mine: HashMap<SessionId, Mine>,
+    /// This node's sessions → sessions they skipped (or were skipped by) → until (ms).
+    cooldowns: HashMap<SessionId, HashMap<SessionId, u64>>,
+    /// Blocks involving this node's sessions, in both directions.
+    blocks: HashMap<SessionId, HashSet<SessionId>>,
+    inbound: Option<mpsc::Receiver<NodeMsg>>,
+    version: u64,
+    last_poll: Instant,
+    /// Sessions on the other live nodes, and the people waiting, as last read.
+    others_online: u64,
+    waiting: u64,
+    push: Script,
+    claim: Script,
+    tick: Script,
+    /// `partner_left` messages that could not be published (Redis unreachable), oldest
+    /// first: sent again once Redis is back, so a partner on another node is not left in a
+    /// match with nobody.
+    pending: std::collections::VecDeque<(String, NodeMsg)>,
+    /// Stops the pub/sub and health tasks.
+    stop: CancellationToken,
+}
+
+impl RedisCluster {
+    /// Connects to Redis at `url` (`redis://HOST:PORT[/DB]`), subscribes to this node's
+    /// channel and starts the health task. An unreachable Redis is not an error here: the
+    /// node starts not ready (`/readyz` 503, `join` answers `unavailable`) and becomes
+    /// ready when Redis answers. A malformed URL is an error.
+    pub async fn connect(
+        url: &str,
+        fallback: Duration,
+        cooldown: Duration,
+        shutdown: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)
+            .map_err(|e| anyhow::anyhow!("--redis {url:?} is not a usable Redis URL: {e}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(OP_TIMEOUT))
+            .set_response_timeout(Some(OP_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let con = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| anyhow::anyhow!("cannot set up the Redis connection: {e}"))?;
+        let node = crate::matchmaker::random_id();
+        let stop = shutdown.child_token();
+        let health = Health::default();
+        let (inbound_tx, inbound) = mpsc::channel(16 * 1024);
+        let (subscribed_tx, mut subscribed) = watch::channel(false);
+        tracker.spawn(pubsub_task(
+            client,
+            format!("{CHANNEL_PREFIX}{node}"),
+            inbound_tx,
+            subscribed_tx,
+            stop.clone(),
+        ));
+        // Ready at once when Redis answers, so the first `join` does not wait for the
+        // health task; and subscribed before serving, so no match message is missed.
+        let mut first = con.clone();
+        if ping(&mut first).await {
+            health.ready.store(true, SeqCst);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(3), subscribed.wait_for(|s| *s)).await;
+        tracker.spawn(health_task(
+            con.clone(),
+            subscribed,
+            health.clone(),
+            stop.clone(),
+        ));
+        tracing::info!(%node, ready = health.ready.load(SeqCst), "cluster node (Redis)");
+        let mut cluster = RedisCluster {
+            node,
+            con,
+            synced: health.comebacks.load(SeqCst),
+            health,
+            fallback,
+            cooldown,
+            mine: HashMap::new(),
+            cooldowns: HashMap::new(),
+            blocks: HashMap::new(),
+            inbound: Some(inbound),
+            version: 0,
+            last_poll: Instant::now(),
+            others_online: 0,
+            waiting: 0,
+            push: Script::new(PUSH_LUA),
+            claim: Script::new(CLAIM_LUA),
+            tick: Script::new(TICK_LUA),
+            pending: std::collections::VecDeque::new(),
+            stop,
+        };
+        // Alive from the start, so other nodes do not take our first waiters for orphans.
+        cluster.tick(0).await;
+        Ok(cluster)
+    }
+
+    /// Readiness, for `/readyz`.
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    fn ready(&self) -> bool {
+        self.health.ready.load(Relaxed)
+    }
+
+    /// A failed call: Redis counts as unreachable until the health task hears it again.
+    fn failed(&self, what: &str, e: &dyn std::fmt::Display) {
+        if self.health.ready.swap(false, SeqCst) {
+            tracing::warn!("Redis unreachable ({what}: {e}); join/next answer unavailable");
+        }
+    }
+
+    /// Runs one Redis call with the time limit; `None` (and not ready) when it fails.
+    async fn call<T, F>(&self, what: &str, fut: F) -> Option<T>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        match tokio::time::timeout(OP_TIMEOUT, fut).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                self.failed(what, &e);
+                None
+            }
+            Err(_) => {
+                self.failed(what, &"timed out");
+                None
+            }
+        }
+    }
+
+    /// What `session` must not be paired with now: its cooldowns and blocks.
+    fn avoid_list(&self, session: &SessionId, now_ms: u64) -> Vec<(SessionId, u64)> {
+        let cooling = self
+            .cooldowns
+            .get(session)
+            .into_iter()
+            .flatten()
+            .filter(|(_, until)| **until > now_ms)
+            .map(|(s, until)| (s.clone(), *until));
+        let blocked = self
+            .blocks
+            .get(session)
+            .into_iter()
+            .flatten()
+            .map(|s| (s.clone(), u64::MAX));
+        cooling.chain(blocked).collect()
+    }
+
+    /// Writes this node's waiter `session` (a new one takes the next arrival number unless
+    /// `seq` is given); returns the whole queue after it. `Ok(None)`: `only_if_present`
+    /// and the waiter was no longer there (another node paired it).
+    async fn put(
+        &mut self,
+        session: &SessionId,
+        seq: Option<u64>,
+        only_if_present: bool,
+    ) -> Result<Option<Vec<Entry>>, Unavailable> {
+        if !self.ready() {
+            return Err(Unavailable);
+        }
+        let Some(me) = self.mine.get(session) else {
+            return Ok(None);
+        };
+        let body = Body {
+            i: me.interests.clone(),
+            t: me.since_ms,
+            ip: me.ip,
+            a: self.avoid_list(session, now_ms()),
+        };
+        let json = serde_json::to_string(&body).map_err(|_| Unavailable)?;
+        let mut con = self.con.clone();
+        let mut inv = self.push.prepare_invoke();
+        inv.key(WAITERS)
+            .key(SEQ)
+            .arg(&session.0)
+            .arg(&self.node)
+            .arg(json)
+            .arg(seq.map(|s| s.to_string()).unwrap_or_default())
+            .arg(if only_if_present { "1" } else { "0" });
+        let (seq, flat): (i64, Vec<String>) = self
+            .call("queue a waiter", inv.invoke_async(&mut con))
+            .await
+            .ok_or(Unavailable)?;
+        self.version += 1;
+        let Ok(seq) = u64::try_from(seq) else {
+            return Ok(None);
+        };
+        if let Some(me) = self.mine.get_mut(session) {
+            me.seq = seq;
+        }
+        let entries = parse_entries(flat);
+        self.waiting = entries.len() as u64;
+        Ok(Some(entries))
+    }
+
+    /// The best partner for `me` among `entries` (same rules as the in-memory queue),
+    /// skipping the sessions in `taken`.
+    fn pick<'a>(
+        &self,
+        me: &Entry,
+        entries: &'a [Entry],
+        taken: &HashSet<SessionId>,
+        now_ms: u64,
+    ) -> Option<&'a Entry> {
+        let fallback = millis(self.fallback);
+        let open = |e: &Entry| e.body.i.is_empty() || now_ms.saturating_sub(e.body.t) >= fallback;
+        let others = entries.iter().filter(|e| {
+            e.session != me.session
+                && !taken.contains(&e.session)
+                && !me.avoids(&e.session, now_ms)
+                && !e.avoids(&me.session, now_ms)
+                && !self.blocked(&me.session, &e.session)
+        });
+        choose(
+            &me.body.i,
+            open(me),
+            others.map(|e| (e, e.body.i.as_slice(), open(e))),
+        )
+    }
+
+    /// Claims `a` and `b` if both are still waiting as read. `Err`: Redis unreachable.
+    async fn claim_pair(&mut self, a: &Entry, b: &Entry) -> Result<bool, Unavailable> {
+        let mut con = self.con.clone();
+        let mut inv = self.claim.prepare_invoke();
+        inv.key(WAITERS)
+            .arg(&a.session.0)
+            .arg(&a.raw)
+            .arg(&b.session.0)
+            .arg(&b.raw);
+        let won: i64 = self
+            .call("claim a pair", inv.invoke_async(&mut con))
+            .await
+            .ok_or(Unavailable)?;
+        self.version += 1;
+        Ok(won == 1)
+    }
+
+    /// The pair of two claimed waiters, as this node sees it; both leave `mine`.
+    fn paired(&mut self, x: &Entry, y: &Entry, now_ms: u64) -> Paired {
+        let (first, second) = if x.seq <= y.seq { (x, y) } else { (y, x) };
+        let common_interests = first
+            .body
+            .i
+            .iter()
+            .filter(|i| second.body.i.contains(i))
+            .cloned()
+            .collect();
+        let waited = |e: &Entry| Duration::from_millis(now_ms.saturating_sub(e.body.t));
+        let pair = Pair {
+            first: first.session.clone(),
+            second: second.session.clone(),
+            common_interests,
+            first_waited: waited(first),
+            second_waited: waited(second),
+        };
+        let remote = [first, second]
+            .into_iter()
+            .find(|e| e.node != self.node)
+            .map(|e| RemoteSide {
+                session: e.session.clone(),
+                node: e.node.clone(),
+                ip: e.body.ip,
+            });
+        for e in [first, second] {
+            if e.node == self.node {
+                self.mine.remove(&e.session);
+            }
+        }
+        Paired { pair, remote }
+    }
+
+    /// Pairs this node's waiter `session` from the queue `entries`, re-reading the queue
+    /// after a lost claim (another node was faster) a few times.
+    async fn pair_from(&mut self, session: &SessionId, mut entries: Vec<Entry>) -> Option<Paired> {
+        for _ in 0..CLAIM_TRIES {
+            let now = now_ms();
+            let me = entries.iter().find(|e| e.session == *session)?;
+            let other = self.pick(me, &entries, &HashSet::new(), now)?;
+            match self.claim_pair(me, other).await {
+                Ok(true) => return Some(self.paired(me, other, now)),
+                Ok(false) => entries = self.read_queue().await?,
+                Err(Unavailable) => return None,
+            }
+        }
+        None
+    }
+
+    async fn read_queue(&mut self) -> Option<Vec<Entry>> {
+        let mut con = self.con.clone();
+        let flat: Vec<String> = self
+            .call(
+                "read the queue",
+                redis::cmd("HGETALL").arg(WAITERS).query_async(&mut con),
+            )
+            .await?;
+        let entries = parse_entries(flat);
+        self.waiting = entries.len() as u64;
+        Some(entries)
+    }
+
+    async fn hdel(&mut self, sessions: &[&SessionId]) -> Option<i64> {
+        if !self.ready() || sessions.is_empty() {
+            return None;
+        }
+        let mut con = self.con.clone();
+        let mut cmd = redis::cmd("HDEL");
+        cmd.arg(WAITERS);
+        for s in sessions {
+            cmd.arg(&s.0);
+        }
+        self.version += 1;
+        self.call("leave the queue", cmd.query_async(&mut con))
+            .await
+    }
+
+    /// After Redis came back (maybe restarted, empty): writes this node's waiters again.
+    async fn resync(&mut self) {
+        let comebacks = self.health.comebacks.load(SeqCst);
+        if comebacks == self.synced {
+            return;
+        }
+        self.synced = comebacks;
+        let sessions: Vec<(SessionId, u64)> =
+            self.mine.iter().map(|(s, m)| (s.clone(), m.seq)).collect();
+        tracing::info!(
+            waiters = sessions.len(),
+            "Redis is back: re-queueing this node's waiters"
+        );
+        for (s, seq) in sessions {
+            if self
+                .put(&s, Some(seq).filter(|n| *n > 0), false)
+                .await
+                .is_err()
+            {
+                // Still unreachable: try again at the next comeback.
+                self.synced = comebacks.wrapping_sub(1);
+                return;
+            }
+        }
+    }
+}
+
+impl Cluster for RedisCluster {
+    fn node_id(&self) -> &str {
+        &self.node
+    }
+
+    fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        if self.mine.is_empty() {
+            return None;
+        }
+        let now_ms = now_ms();
+        let fallback = millis(self.fallback);
+        let fallbacks = self
+            .mine
+            .values()
+            .filter(|m| !m.interests.is_empty())
+            .map(|m| m.since_ms.saturating_add(fallback))
+            .filter(|at| *at > now_ms)
+            .map(|at| now + Duration::from_millis(at - now_ms));
+        fallbacks
+            .chain(std::iter::once(self.last_poll + POLL_INTERVAL))
+            .min()
+    }
+
+    async fn poll(&mut self, now: Instant) -> Vec<Paired> {
+        self.last_poll = now;
+        self.version += 1;
+        if self.mine.is_empty() || !self.ready() {
+            return Vec::new();
+        }
+        let Some(entries) = self.read_queue().await else {
+            return Vec::new();
+        };
+        let now_ms = now_ms();
+        let mut taken = HashSet::new();
+        let mut pairs = Vec::new();
+        let local: Vec<usize> = (0..entries.len())
+            .filter(|i| entries[*i].node == self.node)
+            .collect();
+        for i in local {
+            let me = &entries[i];
+            if taken.contains(&me.session) || !self.mine.contains_key(&me.session) {
+                continue;
+            }
+            let Some(other) = self.pick(me, &entries, &taken, now_ms) else {
+                continue;
+            };
+            match self.claim_pair(me, other).await {
+                Ok(true) => {
+                    taken.insert(me.session.clone());
+                    taken.insert(other.session.clone());
+                    pairs.push(self.paired(me, other, now_ms));
+                }
+                // Lost to another node: the next poll reads the queue again.
+                Ok(false) => {}
+                Err(Unavailable) => break,
+            }
+        }
+        pairs
+    }
+
+    fn contains(&self, session: &SessionId) -> bool {
+        self.mine.contains_key(session)
+    }
+
+    fn local_waiting(&self) -> usize {
+        self.mine.len()
+    }
+
+    fn counts(&self, local_online: u64) -> (u64, u64) {
+        (self.others_online + local_online, self.waiting)
+    }
+
+    async fn push(
+        &mut self,
+        session: SessionId,
+        interests: Vec<String>,
+        ip: IpAddr,
+        _now: Instant,
+    ) -> Result<Pushed, Unavailable> {
+        if !self.ready() {
+            return Err(Unavailable);
+        }
+        let present = self.mine.contains_key(&session);
+        match self.mine.get_mut(&session) {
+            Some(me) => {
+                me.interests = interests;
+                me.ip = ip;
+            }
+            None => {
+                self.mine.insert(
+                    session.clone(),
+                    Mine {
+                        seq: 0,
+                        interests,
+                        since_ms: now_ms(),
+                        ip,
+                    },
+                );
+            }
+        }
+        let seq = self.mine.get(&session).map(|m| m.seq).filter(|s| *s > 0);
+        let entries = match self.put(&session, seq, present).await {
+            Ok(Some(entries)) => entries,
+            // Already paired by another node: its `matched` is on the way.
+            Ok(None) => {
+                return Ok(Pushed {
+                    waiting: self.waiting.max(1),
+                    paired: None,
+                })
+            }
+            Err(e) => {
+                if !present {
+                    self.mine.remove(&session);
+                }
+                return Err(e);
+            }
+        };
+        let waiting = entries.len() as u64;
+        let paired = self.pair_from(&session, entries).await;
+        Ok(Pushed { waiting, paired })
+    }
+
+    async fn remove(&mut self, session: &SessionId) -> bool {
+        if self.mine.remove(session).is_none() {
+            return false;
+        }
+        // Not there any more: another node paired it, and answers its `matched` with
+        // `partner_left` when it arrives (the session is no longer waiting).
+        self.hdel(&[session]).await;
+        true
+    }
+
+    async fn park(&mut self, session: &SessionId) -> Option<Parked> {
+        let me = self.mine.remove(session)?;
+        self.hdel(&[session]).await;
+        let waited = Duration::from_millis(now_ms().saturating_sub(me.since_ms));
+        let now = Instant::now();
+        Some(Parked {
+            seq: me.seq,
+            interests: me.interests,
+            since: now.checked_sub(waited).unwrap_or(now),
+        })
+    }
+
+    fn parked_at_back(&mut self, interests: Vec<String>, now: Instant) -> Parked {
+        Parked {
+            seq: 0,
+            interests,
+            since: now,
+        }
+    }
+
+    async fn unpark(
+        &mut self,
+        session: SessionId,
+        parked: Parked,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Option<Paired> {
+        let waited = now.saturating_duration_since(parked.since);
+        self.mine.insert(
+            session.clone(),
+            Mine {
+                seq: parked.seq,
+                interests: parked.interests,
+                since_ms: now_ms().saturating_sub(millis(waited)),
+                ip,
+            },
+        );
+        // Unreachable: it stays in `mine` and is written again when Redis is back.
+        let seq = Some(parked.seq).filter(|s| *s > 0);
+        let entries = self.put(&session, seq, false).await.ok()??;
+        self.pair_from(&session, entries).await
+    }
+
+    fn record_skip(&mut self, a: &SessionId, b: &SessionId, now: Instant) {
+        if self.cooldown.is_zero() {
+            return;
+        }
+        let _ = now;
+        let now_ms = now_ms();
+        let until = now_ms.saturating_add(millis(self.cooldown));
+        for (x, y) in [(a, b), (b, a)] {
+            let map = self.cooldowns.entry(x.clone()).or_default();
+            map.retain(|_, u| *u > now_ms);
+            map.insert(y.clone(), until);
+        }
+        self.version += 1;
+    }
+
+    async fn block(&mut self, a: &SessionId, b: &SessionId) {
+        if a == b {
+            return;
+        }
+        self.blocks.entry(a.clone()).or_default().insert(b.clone());
+        self.blocks.entry(b.clone()).or_default().insert(a.clone());
+        self.version += 1;
+        // A waiter's entry carries its blocks: write it again so other nodes see this one.
+        for s in [a, b] {
+            if let Some(seq) = self.mine.get(s).map(|m| m.seq) {
+                let _ = self.put(s, Some(seq).filter(|n| *n > 0), true).await;
+            }
+        }
+    }
+
+    fn blocked(&self, a: &SessionId, b: &SessionId) -> bool {
+        self.blocks.get(a).is_some_and(|set| set.contains(b))
+    }
+
+    async fn forget(&mut self, session: &SessionId) {
+        self.remove(session).await;
+        self.cooldowns.remove(session);
+        if let Some(others) = self.blocks.remove(session) {
+            for other in others {
+                if let Some(set) = self.blocks.get_mut(&other) {
+                    set.remove(session);
+                    if set.is_empty() {
+                        self.blocks.remove(&other);
+                    }
+                }
+            }
+        }
+        // Cooldowns other sessions hold with this one end by themselves.
+    }
+
+    async fn send_to(&mut self, node: &str, msg: &NodeMsg) -> Result<(), Unavailable> {
+        let sent = self.publish(node, msg).await;
+        if sent.is_err() && matches!(msg, NodeMsg::PartnerLeft { .. }) {
+            if self.pending.len() >= PENDING_MAX {
+                self.pending.pop_front();
+            }
+            self.pending.push_back((node.to_owned(), msg.clone()));
+        }
+        sent
+    }
+
+    fn take_inbound(&mut self) -> Option<mpsc::Receiver<NodeMsg>> {
+        self.inbound.take()
+    }
+
+    async fn tick(&mut self, local_online: u64) -> Tick {
+        if !self.ready() {
+            return Tick::default();
+        }
+        self.resync().await;
+        self.flush_pending().await;
+        let mut con = self.con.clone();
+        let mut inv = self.tick.prepare_invoke();
+        inv.key(ONLINE)
+            .key(WAITERS)
+            .arg(&self.node)
+            .arg(local_online)
+            .arg(millis(ALIVE_TTL))
+            .arg(ALIVE_PREFIX);
+        let Some((online, waiting, alive)) = self
+            .call::<(u64, u64, Vec<String>), _>("tick", inv.invoke_async(&mut con))
+            .await
+        else {
+            return Tick::default();
+        };
+        self.others_online = online.saturating_sub(local_online);
+        self.waiting = waiting;
+        Tick {
+            alive: Some(alive.into_iter().collect()),
+        }
+    }
+
+    async fn claimed(&mut self, session: &SessionId) {
+        // The claimer already removed it from Redis; this only matters if it was written
+        // again meanwhile (a resync after an outage), so it cannot be paired twice.
+        if self.mine.remove(session).is_some() {
+            self.hdel(&[session]).await;
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        let sessions: Vec<SessionId> = self.mine.keys().cloned().collect();
+        let refs: Vec<&SessionId> = sessions.iter().collect();
+        self.hdel(&refs).await;
+        self.mine.clear();
+        if self.ready() {
+            let mut con = self.con.clone();
+            let mut pipe = redis::pipe();
+            pipe.cmd("HDEL")
+                .arg(ONLINE)
+                .arg(&self.node)
+                .ignore()
+                .cmd("DEL")
+                .arg(format!("{ALIVE_PREFIX}{}", self.node))
+                .ignore();
+            let _: Option<()> = self
+                .call("leave the cluster", pipe.query_async(&mut con))
+                .await;
+        }
+        self.stop.cancel();
+    }
+}
+
+async fn ping(con: &mut ConnectionManager) -> bool {
+    matches!(
+        tokio::time::timeout(OP_TIMEOUT, redis::cmd("PING").query_async::<String>(con)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Pings Redis: sets `ready` (Redis answers and this node hears its channel), and counts
+/// each return after an outage.
+async fn health_task(
+    mut con: ConnectionManager,
+    subscribed: watch::Receiver<bool>,
+    health: Health,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+        }
+        let ok = ping(&mut con).await && *subscribed.borrow();
+        let was = health.ready.swap(ok, SeqCst);
+        if ok && !was {
+            health.comebacks.fetch_add(1, SeqCst);
+            tracing::info!("Redis reachable again");
+        } else if !ok && was {
+            tracing::warn!("Redis unreachable; join/next answer unavailable");
+        }
+    }
+}
+
+/// Keeps this node subscribed to its channel (again after every lost connection) and
+/// hands what arrives to the actor.
+async fn pubsub_task(
+    client: redis::Client,
+    channel: String,
+    inbound: mpsc::Sender<NodeMsg>,
+    subscribed: watch::Sender<bool>,
+    stop: CancellationToken,
+) {
+    loop {
+        let session = async {
+            let mut ps = match tokio::time::timeout(OP_TIMEOUT, client.get_async_pubsub()).await {
+                Ok(Ok(ps)) => ps,
+                Ok(Err(e)) => return tracing::debug!("pub/sub connection failed: {e}"),
+                Err(_) => return tracing::debug!("pub/sub connection timed out"),
+            };
+            if let Err(e) = ps.subscribe(&channel).await {
+                return tracing::debug!("subscribing failed: {e}");
+            }
+            subscribed.send_replace(true);
+            let mut messages = ps.into_on_message();
+            while let Some(msg) = messages.next().await {
+                let parsed = std::str::from_utf8(msg.get_payload_bytes())
+                    .ok()
+                    .and_then(|text| serde_json::from_str::<NodeMsg>(text).ok());
+                match parsed {
+                    Some(m) => {
+                        if inbound.send(m).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => tracing::warn!("an unreadable message from another node, dropped"),
+                }
+            }
+            tracing::debug!("pub/sub connection lost");
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = session => {}
+        }
+        subscribed.send_replace(false);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+impl RedisCluster {
+    /// One PUBLISH of `msg` on `node`'s channel.
+    async fn publish(&mut self, node: &str, msg: &NodeMsg) -> Result<(), Unavailable> {
+        if !self.ready() {
+            return Err(Unavailable);
+        }
+        let payload = serde_json::to_string(msg).map_err(|_| Unavailable)?;
+        let mut con = self.con.clone();
+        let cmd = redis::cmd("PUBLISH")
+            .arg(format!("{CHANNEL_PREFIX}{node}"))
+            .arg(payload)
+            .to_owned();
+        // 0 receivers: that node is gone; its sessions' partners learn it from the
+        // liveness check, so this is not an error here.
+        self.call::<i64, _>("publish to a node", cmd.query_async(&mut con))
+            .await
+            .map(|_| ())
+            .ok_or(Unavailable)
+    }
+
+    /// Sends what could not be sent while Redis was unreachable.
+    async fn flush_pending(&mut self) {
+        while let Some((node, msg)) = self.pending.pop_front() {
+            if self.publish(&node, &msg).await.is_err() {
+                self.pending.push_front((node, msg));
+                return;
+            }
+        }
+    }
+}
