@@ -155,6 +155,10 @@
     // The path to the stranger was lost (ICE disconnected) and may come back.
     peerLost: false,
     peerLostTimer: null,
+    // The call's one relay-only retry before giving up (see retryThroughRelay): started,
+    // and the timer that ends it.
+    relayRetry: false,
+    relayRetryTimer: null,
     // Inbound RTP packets at the last change, and when (the silence watch).
     pathWatch: null,
     heard: { packets: 0, at: 0 },
@@ -862,10 +866,13 @@
       const state = pc.connectionState;
       if (state === 'connected') {
         clearTimeout(s.connectTimer);
+        clearTimeout(s.relayRetryTimer);
         if (s.peerLost) pathBack();
       } else if (state === 'disconnected') {
         pathLost(pc);
-      } else if (state === 'failed') {
+      } else if (state === 'failed' && !s.relayRetry) {
+        // During the relay-only retry the old attempt's failure is expected: the
+        // retry's own timer decides.
         giveUp(pc);
       }
       render();
@@ -947,6 +954,7 @@
   /// for someone new.
   function giveUp(pc) {
     if (pc !== s.pc || s.phase !== 'chatting' || !s.matchId) return;
+    if (!s.relayRetry && retryThroughRelay(pc)) return;
     if (s.reportedMatch !== s.matchId) {
       s.reportedMatch = s.matchId;
       send({ type: 'call_report', match_id: s.matchId, path: 'failed', setup_ms: null });
@@ -956,6 +964,34 @@
     s.queued = false;
     system("Couldn't connect to this stranger — finding someone new.");
     setPhase('searching');
+  }
+
+  /// Before giving up, a call tries once more through the TURN relay only (as the
+  /// desktop app does): with a `turn:`/`turns:` server on offer, the connection keeps
+  /// only relay candidates from now on (`iceTransportPolicy: 'relay'`, a fresh
+  /// allocation), the offerer restarts ICE, the answerer takes that offer, and the retry
+  /// gets its own PEER_GIVE_UP_MS. False when no relay could help.
+  function retryThroughRelay(pc) {
+    const turn = rtcIceServers(s.iceServers).some((srv) =>
+      srv.urls.some((u) => /^turns?:/i.test(u)),
+    );
+    if (!turn) return false;
+    try {
+      const config = pc.getConfiguration();
+      if (config.iceTransportPolicy === 'relay') return false; // relay-only already
+      pc.setConfiguration({ ...config, iceTransportPolicy: 'relay' });
+    } catch (e) {
+      console.warn('peer-stream: cannot switch the call to relay-only', e);
+      return false;
+    }
+    s.relayRetry = true;
+    clearTimeout(s.connectTimer);
+    clearTimeout(s.peerLostTimer);
+    system('Still no connection — trying once more through a relay server…');
+    if (s.role === 'offerer') restartIce(pc);
+    s.relayRetryTimer = setTimeout(() => giveUp(pc), PEER_GIVE_UP_MS);
+    render();
+    return true;
   }
 
   /// Signals are applied one at a time, in arrival order.
@@ -1130,6 +1166,8 @@
     clearTimeout(s.peerLostTimer);
     clearInterval(s.pathWatch);
     s.pathWatch = null;
+    s.relayRetry = false;
+    clearTimeout(s.relayRetryTimer);
     s.pendingCandidates = [];
     if (pc) {
       pc.onicecandidate = null;
