@@ -39,6 +39,8 @@ pub struct Summary {
     pub decode_errors: u64,
     pub audio_frames_sent: u64,
     pub audio_frames_decoded: u64,
+    /// Lost audio frames filled by FEC or concealment (played instead of silence).
+    pub audio_frames_concealed: u64,
     pub chat_sent: u64,
     pub chat_received: u64,
     /// Matched → first decoded remote video frame, median over matches (ms).
@@ -168,6 +170,7 @@ pub fn summarize_counters(
         decode_errors: c.decode_errors.load(Relaxed),
         audio_frames_sent: c.audio_frames_sent.load(Relaxed),
         audio_frames_decoded: c.audio_frames_decoded.load(Relaxed),
+        audio_frames_concealed: c.audio_frames_concealed.load(Relaxed),
         chat_sent: c.chat_sent.load(Relaxed),
         chat_received: c.chat_received.load(Relaxed),
         setup_ms: median(&setups),

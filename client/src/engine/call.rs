@@ -435,6 +435,7 @@ impl Call {
                                     decoder.decode_lost()
                                 };
                                 if let Ok(pcm) = pcm {
+                                    ctx.counters.audio_frames_concealed.fetch_add(1, Relaxed);
                                     push(prev.wrapping_add(i * frame_ts), pcm);
                                 }
                             }
@@ -496,5 +497,6 @@ fn play(ctx: &CallContext, pcm: &[i16]) {
 impl Drop for Call {
     fn drop(&mut self) {
         self.cancel.cancel();
+        self.ctx.counters.match_ended(&self.match_id);
     }
 }

@@ -30,12 +30,42 @@ pub struct MatchRecord {
     /// The longest gap in ms between two consecutive decoded remote frames of the
     /// match (reconnecting periods included); `None` with fewer than two frames.
     pub max_freeze_ms: Option<f64>,
+    /// Every gap of at least [`FREEZE_LISTED_MS`] between two consecutive decoded remote
+    /// frames, as `[ms from the match's start to the gap's start, gap ms]` (the first
+    /// [`FREEZES_KEPT`]), so a freeze can be placed in the call (e.g. after a
+    /// bottleneck's first seconds). The last entry may be the time from the last frame
+    /// to the end of the call (or of the run): a freeze that never ended.
+    pub freezes: Vec<[f64; 2]>,
     /// ICE restarts this side started in the match.
     pub ice_restarts: u64,
     /// When the last remote frame of the match was decoded.
     #[serde(skip)]
     pub last_frame_at: Option<Instant>,
+    #[serde(skip)]
+    pub started_at: Option<Instant>,
+    /// The call is over ([`Counters::match_ended`]): its freezes are final.
+    #[serde(skip)]
+    pub ended: bool,
 }
+
+impl MatchRecord {
+    /// Lists the gap from the last decoded frame to `now` when it is a freeze.
+    fn push_tail(&mut self, now: Instant) {
+        let (Some(last), Some(started)) = (self.last_frame_at, self.started_at) else {
+            return;
+        };
+        let gap_ms = now.saturating_duration_since(last).as_secs_f64() * 1000.0;
+        if gap_ms >= FREEZE_LISTED_MS && self.freezes.len() < FREEZES_KEPT {
+            let at_ms = last.saturating_duration_since(started).as_secs_f64() * 1000.0;
+            self.freezes.push([at_ms.round(), gap_ms.round()]);
+        }
+    }
+}
+
+/// Shortest gap between decoded frames listed in [`MatchRecord::freezes`] (ms).
+pub const FREEZE_LISTED_MS: f64 = 200.0;
+/// Most freezes listed per match.
+pub const FREEZES_KEPT: usize = 100;
 
 #[derive(Default)]
 pub struct Counters {
@@ -50,6 +80,9 @@ pub struct Counters {
     pub video_bytes_received: AtomicU64,
     pub audio_frames_sent: AtomicU64,
     pub audio_frames_decoded: AtomicU64,
+    /// Lost 20 ms frames the decoder filled from the next packet's in-band FEC or with
+    /// its concealment (gaps up to 100 ms), played in their place.
+    pub audio_frames_concealed: AtomicU64,
     pub keyframe_requests_received: AtomicU64,
     pub chat_received: AtomicU64,
     pub chat_sent: AtomicU64,
@@ -96,9 +129,11 @@ impl Counters {
 
     pub fn match_started(&self, match_id: &str) {
         let mut i = self.inner();
-        i.current_started = Some(Instant::now());
+        let now = Instant::now();
+        i.current_started = Some(now);
         i.matches.push(MatchRecord {
             match_id: match_id.to_owned(),
+            started_at: Some(now),
             ..Default::default()
         });
     }
@@ -116,6 +151,12 @@ impl Counters {
         if let Some(last) = rec.last_frame_at.replace(now) {
             let gap_ms = now.duration_since(last).as_secs_f64() * 1000.0;
             rec.max_freeze_ms = Some(rec.max_freeze_ms.map_or(gap_ms, |m| m.max(gap_ms)));
+            if gap_ms >= FREEZE_LISTED_MS && rec.freezes.len() < FREEZES_KEPT {
+                let at_ms = started.map_or(0.0, |s| {
+                    last.saturating_duration_since(s).as_secs_f64() * 1000.0
+                });
+                rec.freezes.push([at_ms.round(), gap_ms.round()]);
+            }
         }
         if rec.setup_ms.is_none() {
             rec.setup_ms = started.map(|s| s.elapsed().as_secs_f64() * 1000.0);
@@ -130,6 +171,18 @@ impl Counters {
             rec.last_seq = Some(seq);
             if (0.0..10_000.0).contains(&latency_ms) {
                 i.latencies_ms.push(latency_ms);
+            }
+        }
+    }
+
+    /// The call of `match_id` is over (its media stopped): a freeze running at its end
+    /// is listed.
+    pub fn match_ended(&self, match_id: &str) {
+        let mut i = self.inner();
+        if let Some(rec) = i.matches.iter_mut().rev().find(|m| m.match_id == match_id) {
+            if !rec.ended {
+                rec.ended = true;
+                rec.push_tail(Instant::now());
             }
         }
     }
@@ -171,8 +224,13 @@ impl Counters {
         self.inner().peer.clone()
     }
 
+    /// The matches so far; a call still running lists the freeze it may be in.
     pub fn matches(&self) -> Vec<MatchRecord> {
-        self.inner().matches.clone()
+        let mut matches = self.inner().matches.clone();
+        if let Some(last) = matches.last_mut().filter(|m| !m.ended) {
+            last.push_tail(Instant::now());
+        }
+        matches
     }
 
     pub fn latencies_ms(&self) -> Vec<f64> {
@@ -308,6 +366,34 @@ mod tests {
         assert_eq!(m[0].frames_decoded, 3);
         assert_eq!(m[1].seq_regressions, 0);
         assert!(m[1].setup_ms.is_some());
+    }
+
+    #[test]
+    fn freezes_list_the_long_gaps_with_where_they_began() {
+        let c = Counters::default();
+        c.match_started("a");
+        c.frame_decoded("a", None);
+        c.frame_decoded("a", None);
+        std::thread::sleep(Duration::from_millis(250));
+        c.frame_decoded("a", None);
+        let m = &c.matches()[0];
+        assert_eq!(
+            m.freezes.len(),
+            1,
+            "only the gap over 200 ms: {:?}",
+            m.freezes
+        );
+        let [at, gap] = m.freezes[0];
+        assert!(gap >= 250.0 && at < gap, "{:?}", m.freezes);
+        assert_eq!(m.max_freeze_ms.map(f64::round), Some(gap));
+        // A freeze that lasts to the end of the call is listed too, once.
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(c.matches()[0].freezes.len(), 2, "the running freeze");
+        c.match_ended("a");
+        std::thread::sleep(Duration::from_millis(50));
+        let m = &c.matches()[0];
+        assert_eq!(m.freezes.len(), 2, "{:?}", m.freezes);
+        assert!(m.freezes[1][1] >= 250.0, "{:?}", m.freezes);
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //! real coturn (`turnserver`, TURN REST auth with the server's `--turn-secret`). Peers are
 //! `peer-stream --headless` processes started with `ip netns exec`. Impairments are
 //! nftables rules in the router: random UDP loss (`numgen random mod 100 < N drop`) and
-//! "no direct path" (the peers reach each other only through coturn's port).
+//! "no direct path" (the peers reach each other only through coturn's port); delay and
+//! jitter come from an NFQUEUE program in the router (`delay.rs`), a rate limit from a
+//! `tbf` qdisc on the router's links (this kernel has no netem).
 //!
 //! Each lab has its own namespaces (`psl<pid>x<n>{a,b,r}`), so parallel tests and runs
 //! never collide; addresses repeat but live in separate namespaces. Dropping a lab kills
@@ -22,13 +24,19 @@
 //!
 //! Needs root, `ip` (iproute2), `nft` (nftables) and `turnserver` (coturn): without them
 //! [`Lab::new`] returns `None` after printing why, and panics instead under `CI=true`.
+//! Delay also needs `iptables-legacy` (Debian iptables; [`delay_available`]), a rate
+//! limit `tc` (iproute2).
 
 #![allow(dead_code, clippy::unwrap_used, clippy::print_stderr)]
 
+pub mod delay;
+
+use delay::DelaySpec;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Prefix of every namespace a lab creates.
@@ -107,6 +115,21 @@ fn on_path(bin: &str) -> bool {
     dirs.iter().any(|d| d.join(bin).is_file())
 }
 
+/// Whether the lab's delay can run here (it needs `iptables-legacy` for the NFQUEUE
+/// rule: nftables' own `queue` is not in this kernel); `false` after printing why (a
+/// panic under `CI=true`).
+pub fn delay_available() -> bool {
+    if on_path("iptables-legacy") {
+        return true;
+    }
+    let why = "the network lab's delay needs `iptables-legacy` (Debian iptables)";
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{why}; CI=true, so this must run (scripts/deps.sh --test installs it)");
+    }
+    eprintln!("SKIPPED: {why}");
+    false
+}
+
 /// Whether the lab can run here; `false` after printing why (a panic under `CI=true`).
 pub fn available() -> bool {
     let missing = if !is_root() {
@@ -183,7 +206,18 @@ pub struct Impairment {
     /// the router drops UDP forwarded between their subnets, and each peer accepts UDP
     /// from the router only from coturn's port, so only relay pairs can work.
     pub no_direct_path: bool,
+    /// One-way delay (± jitter) for every UDP packet entering the router from a peer,
+    /// so each direction of a path (direct, or through coturn) gets it once.
+    pub delay: Option<DelaySpec>,
+    /// A bottleneck in kbit/s on both access links (the router's egress toward each
+    /// peer: `tbf`, queue of [`RATE_QUEUE_MS`]), so each direction of every path is
+    /// limited to it; 0 = none.
+    pub rate_kbit: u32,
 }
+
+/// The tbf's queue at a rate limit, in ms of the rate (its `latency`): a modest
+/// router buffer; packets beyond it are dropped.
+pub const RATE_QUEUE_MS: u32 = 200;
 
 impl Impairment {
     /// Per-link drop probability in basis points (1/10 000) for [`Self::loss_percent`].
@@ -204,6 +238,18 @@ pub struct Lab {
     coturn: Option<Child>,
     peers: Vec<Child>,
     created: Vec<String>,
+    /// Behind a lock so [`Lab::impair`] stays `&self`.
+    delay: Mutex<Option<DelayProc>>,
+}
+
+/// The running delay program in the router (see `delay.rs`).
+struct DelayProc {
+    spec: DelaySpec,
+    child: Child,
+    /// Its stdin: dropping it tells the program to let held packets go and exit.
+    stdin: Option<ChildStdin>,
+    /// Its latest statistics line.
+    stats: Arc<Mutex<String>>,
 }
 
 impl Drop for Lab {
@@ -213,6 +259,13 @@ impl Drop for Lab {
             .iter_mut()
             .chain(self.server.as_mut())
             .chain(self.coturn.as_mut())
+            .chain(
+                self.delay
+                    .get_mut()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .as_mut()
+                    .map(|d| &mut d.child),
+            )
         {
             let _ = child.kill();
             let _ = child.wait();
@@ -253,6 +306,7 @@ impl Lab {
             coturn: None,
             peers: Vec::new(),
             created: Vec::new(),
+            delay: Mutex::new(None),
         };
         for ns in [lab.router.clone(), lab.a.clone(), lab.b.clone()] {
             run(&["ip", "netns", "add", &ns]);
@@ -350,6 +404,10 @@ impl Lab {
             router.push_str("add rule inet lab between meta l4proto udp drop\n");
         }
         nft(&self.router, &router);
+        self.set_delay(imp.delay);
+        for dev in ["ra", "rb"] {
+            self.set_rate(dev, imp.rate_kbit);
+        }
         // Each peer: downlink loss, and its "NAT" admitting only coturn's port.
         for ns in [&self.a, &self.b] {
             let mut peer = table(
@@ -365,6 +423,182 @@ impl Lab {
             }
             nft(ns, &peer);
         }
+    }
+
+    /// A tbf of `kbit` on the router's egress `dev` (none for 0). The bucket holds a
+    /// few full-size packets; the queue [`RATE_QUEUE_MS`] of the rate.
+    fn set_rate(&self, dev: &str, kbit: u32) {
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.router,
+                "tc",
+                "qdisc",
+                "del",
+                "dev",
+                dev,
+                "root",
+            ])
+            .stderr(Stdio::null())
+            .status();
+        if kbit == 0 {
+            return;
+        }
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.router,
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            dev,
+            "root",
+            "tbf",
+            "rate",
+            &format!("{kbit}kbit"),
+            "burst",
+            "6kb",
+            "latency",
+            &format!("{RATE_QUEUE_MS}ms"),
+        ]);
+    }
+
+    /// Starts, replaces or stops the delay program and its NFQUEUE rules in the router.
+    fn set_delay(&self, spec: Option<DelaySpec>) {
+        let mut running = self.delay.lock().unwrap();
+        if running.as_ref().map(|d| d.spec) == spec {
+            return;
+        }
+        // Rules first: a rule whose queue has no listener drops the packets.
+        let ipt = |args: &[&str]| {
+            let mut all = vec!["ip", "netns", "exec", &self.router, "iptables-legacy"];
+            all.extend_from_slice(args);
+            run(&all);
+        };
+        if running.is_some() {
+            ipt(&["-t", "mangle", "-F", "PREROUTING"]);
+        }
+        if let Some(old) = running.take() {
+            let line = stop_delay(old);
+            eprintln!("network lab: delay stopped: {line}");
+        }
+        let Some(spec) = spec else {
+            return;
+        };
+        assert!(
+            delay_available(),
+            "the lab's delay needs iptables-legacy (Debian iptables)"
+        );
+        let exe = std::env::current_exe().unwrap();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.router])
+            .arg(exe)
+            .args([
+                "--exact",
+                delay::DELAY_HELPER_TEST,
+                "--ignored",
+                "--nocapture",
+            ])
+            .args(["--test-threads", "1"])
+            .env(delay::DELAY_ENV, spec.env_value())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(self.dir.path().join("delay.log")).unwrap())
+            .spawn()
+            .expect("start the delay program in the router");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().unwrap();
+        let stats = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let stats = Arc::clone(&stats);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if line.contains(delay::DELAY_READY) {
+                        let _ = tx.send(());
+                    } else if line.starts_with(delay::DELAY_STATS) {
+                        *stats.lock().unwrap() = line;
+                    }
+                }
+            });
+        }
+        let proc = DelayProc {
+            spec,
+            child,
+            stdin,
+            stats,
+        };
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = stop_delay(proc);
+            panic!(
+                "the delay program did not start in the router:
+{}",
+                std::fs::read_to_string(self.dir.path().join("delay.log")).unwrap_or_default()
+            );
+        }
+        *running = Some(proc);
+        for dev in ["ra", "rb"] {
+            ipt(&[
+                "-t",
+                "mangle",
+                "-A",
+                "PREROUTING",
+                "-i",
+                dev,
+                "-p",
+                "udp",
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                &delay::QUEUE_NUM.to_string(),
+            ]);
+        }
+    }
+
+    /// The rate limits' counters (`tc -s`: bytes and packets sent, dropped, since the
+    /// limit was set), empty without one.
+    pub fn rate_stats(&self) -> String {
+        let mut out = String::new();
+        for dev in ["ra", "rb"] {
+            let Ok(o) = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.router,
+                    "tc",
+                    "-s",
+                    "qdisc",
+                    "show",
+                    "dev",
+                    dev,
+                ])
+                .output()
+            else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&o.stdout);
+            if let Some(line) = text.lines().find(|l| l.trim_start().starts_with("Sent")) {
+                if text.contains("tbf") {
+                    out.push_str(&format!("{dev}: {}; ", line.trim()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The delay program's latest statistics (holds applied so far, kernel drops),
+    /// empty without delay.
+    pub fn delay_stats(&self) -> String {
+        self.delay
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|d| d.stats.lock().unwrap().clone())
+            .unwrap_or_default()
     }
 
     fn coturn_log_path(&self) -> PathBuf {
@@ -488,6 +722,22 @@ impl Lab {
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
+}
+
+/// Stops a delay program (stdin closed: it lets its held packets go and reports), by
+/// PID after 5 s; returns its last statistics line.
+fn stop_delay(mut proc: DelayProc) -> String {
+    drop(proc.stdin.take());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proc.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = proc.child.kill();
+    let _ = proc.child.wait();
+    // The reader thread stores the final line right before the pipe closes.
+    std::thread::sleep(Duration::from_millis(50));
+    let line = proc.stats.lock().unwrap().clone();
+    line
 }
 
 fn wait_ready(stdout: ChildStdout, tx: std::sync::mpsc::Sender<bool>) {
