@@ -143,10 +143,10 @@ impl Driver {
                             bitrate_call = Some(c.match_id.clone());
                         }
                         let stats = c.peer.stats().await;
-                        if let Some(loss) = stats.video_fraction_lost {
-                            if let Some(bps) = bitrate.on_report(loss) {
-                                c.set_bitrate(bps);
-                            }
+                        let by_loss = stats.video_fraction_lost.and_then(|l| bitrate.on_report(l));
+                        let by_path = stats.send_estimate_bps.and_then(|b| bitrate.on_estimate(b));
+                        if let Some(bps) = by_path.or(by_loss) {
+                            c.set_bitrate(bps);
                         }
                         if let Some(loss) = stats.audio_fraction_lost {
                             c.set_audio_loss(loss);

@@ -41,10 +41,10 @@ use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
-    configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
-    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceServer, RTCIceTransportPolicy,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+    configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc, MediaEngine,
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceCandidateInit, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -157,6 +157,9 @@ pub struct PeerStats {
     pub video_fraction_lost: Option<f64>,
     /// The same for our audio: it sets how much Opus in-band FEC we send.
     pub audio_fraction_lost: Option<f64>,
+    /// The congestion controller's estimate of what the path takes from us (bits/s,
+    /// all streams): webrtc's GCC on the partner's transport-wide CC feedback.
+    pub send_estimate_bps: Option<f64>,
 }
 
 /// The partner's video track and SSRC, once it arrived (for keyframe requests).
@@ -251,6 +254,11 @@ fn h264_codec() -> RTCRtpCodec {
     }
 }
 
+/// Where GCC's estimate starts: the encoders' usual target, plus audio and headers.
+const GCC_START_BPS: f64 = 1_200_000.0;
+/// GCC's ceiling (the encoder's own target caps video anyway).
+const GCC_MAX_BPS: f64 = 10_000_000.0;
+
 /// webrtc's default interceptors (`register_default_interceptors`: NACK both ways, TWCC
 /// receiver, RTCP reports), with the NACK generator ticking every 20 ms instead of
 /// 100 ms: the frame assembler holds a hole for 150 ms, and a lost NACK or retransmission
@@ -276,11 +284,29 @@ fn interceptors(media: &mut MediaEngine) -> anyhow::Result<Registry> {
             Slot::NackGenerator,
             rtc::interceptor::NackGeneratorBuilder::new()
                 .with_interval(Duration::from_millis(20))
+                // At most 3 NACKs (60 ms) per lost packet: without a cap a packet is
+                // NACKed every 20 ms until its repair arrives, i.e. ~20 times across a
+                // congested 500 kb/s link whose queue makes the round trip 400 ms, and
+                // each NACK resends it: the repairs then fill the link (netlab `rate`).
+                .with_max_nacks_per_packet(3)
                 .build(),
         );
     configure_simulcast_extension_headers(media).map_err(|e| anyhow!("interceptors: {e}"))?;
-    let registry =
-        configure_twcc_receiver_only(registry, media).map_err(|e| anyhow!("interceptors: {e}"))?;
+    // Transport-wide CC both ways, and webrtc's GCC on the feedback: its estimate (in
+    // the stats, see `stats`) caps the encoder's bitrate, so video follows a bottleneck
+    // before its queue overflows. No pacer (webrtc's paces at exactly the estimate and
+    // queues without bound when the encoder overshoots, e.g. on a keyframe).
+    let registry = configure_twcc(registry, media)
+        .map_err(|e| anyhow!("interceptors: {e}"))?
+        .with(
+            Slot::CongestionControl,
+            rtc::interceptor::CongestionControlBuilder::new(rtc::interceptor::Gcc::new(
+                GCC_START_BPS,
+                rtc::interceptor::GCC_MIN_BITRATE,
+                GCC_MAX_BPS,
+            ))
+            .build(),
+        );
     Ok(configure_rtcp_reports(registry))
 }
 
@@ -967,6 +993,12 @@ impl Peer {
                 }
             }
         }
+        // One estimate for the connection, copied onto every outbound stream; 0 until
+        // the first feedback moved it.
+        out.send_estimate_bps = report
+            .outbound_rtp_streams()
+            .map(|s| s.target_bitrate)
+            .find(|b| *b > 0.0);
         out.packets_lost = report
             .inbound_rtp_streams()
             .map(|s| s.received_rtp_stream_stats.packets_lost)
