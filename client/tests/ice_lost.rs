@@ -5,7 +5,8 @@
 //! - A's UDP is cut for 5 s mid-call, then restored: the same match goes on (one match
 //!   on each side, "reconnecting" was shown, the partner's video decodes again after the
 //!   restore, nobody gave up);
-//! - A's UDP is cut for good: both sides end the match (one gives up with `next` reason
+//! - A's UDP is cut for good: after the relay-only retry (`relay_retry.rs`) fails too,
+//!   both sides end the match (one gives up with `next` reason
 //!   `connection_failed`, the other hears it as a lost connection, never as a skip) and
 //!   both search again (the next match cannot connect either, so it fails the same way).
 //!
@@ -163,9 +164,11 @@ async fn a_cut_that_never_ends_ends_the_match_and_both_search_again() {
         return;
     };
     lab.impair(Impairment::default());
-    // 0–6 s: the call; from 6 s on A's UDP is gone. The give-up comes within ~15 s of
-    // the cut; the two then meet again and that call cannot connect either.
-    let (_lab, a, b) = call(lab, 36, |lab| {
+    // 0–6 s: the call; from 6 s on A's UDP is gone. The give-up comes within ~25 s of
+    // the cut (2.5 s to notice, 10 s for the usual ICE restart, 10 s for the relay-only
+    // retry, which cannot help either: coturn is out of A's reach too); the two then
+    // meet again and that call cannot connect either.
+    let (_lab, a, b) = call(lab, 46, |lab| {
         std::thread::sleep(Duration::from_secs(6));
         cut_a(lab);
     })

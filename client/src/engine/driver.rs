@@ -10,7 +10,7 @@ use super::{Command, EngineConfig, EngineEvent, EngineState};
 use crate::media::frame::RgbaFrame;
 use crate::media::mailbox::FrameMailbox;
 use crate::media::playback::AudioSink;
-use crate::net::peer::{parse_signal, PeerEvent, PeerSettings, PeerState};
+use crate::net::peer::{parse_signal, IcePolicy, PeerEvent, PeerSettings, PeerState};
 use crate::net::signaling::{self, SignalingEvent};
 use crate::session::machine::{
     Input, Notice, Output, Phase, Session, Status, PEER_GIVE_UP, UNDO_WINDOW,
@@ -66,6 +66,8 @@ impl Driver {
             sig_cancel.clone(),
         ));
         let mut session = Session::new(self.config.client_name.clone(), self.config.auto_requeue);
+        // A relay-only call has nothing to fall back from.
+        session.set_relay_retry(self.config.ice_policy == IcePolicy::All);
         let mut call: Option<Call> = None;
         let mut stats_tick = tokio::time::interval(Duration::from_secs(1));
         let mut last_snapshot: Option<StatsSnapshot> = None;
@@ -169,6 +171,16 @@ impl Driver {
                 }
             }
 
+            // The relay-only retry: switch the peer connection before it applies the
+            // partner's next offer (an output below) or makes our restart (the status
+            // change further down). Idempotent, so checking every turn is cheap.
+            if session.status().relay_retry {
+                if let Some(c) = &call {
+                    if let Err(e) = c.peer.use_relay_only().await {
+                        tracing::warn!("relay-only retry for {}: {e:#}", c.match_id);
+                    }
+                }
+            }
             while let Some(output) = session.poll_output() {
                 self.execute(output, &mut call, &out_tx).await;
             }
@@ -244,7 +256,7 @@ impl Driver {
         match c.peer.restart_ice().await {
             Ok(sdp) => {
                 self.counters.ice_restarted(&c.match_id);
-                tracing::info!(%match_id, "ICE restart");
+                tracing::info!(%match_id, relay_only = c.peer.is_relay_only(), "ICE restart");
                 send_signal(out_tx, &match_id, &SignalPayload::Offer { sdp }).await;
             }
             Err(e) => tracing::warn!("ICE restart for {match_id} failed: {e:#}"),

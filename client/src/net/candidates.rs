@@ -45,6 +45,17 @@ pub fn candidate_ip(candidate: &str) -> Option<IpAddr> {
     body.split_whitespace().nth(4)?.parse().ok()
 }
 
+/// Whether an SDP candidate attribute is a TURN relay candidate (`… typ relay …`).
+pub fn is_relay_candidate(candidate: &str) -> bool {
+    let mut words = candidate.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == "typ" {
+            return words.next() == Some("relay");
+        }
+    }
+    false
+}
+
 /// The IPs of local bind addresses like `127.0.0.1:0` or `10.0.0.2:0` (unparsable
 /// entries are skipped).
 fn bound_ips(local_addrs: &[String]) -> Vec<IpAddr> {
@@ -155,6 +166,21 @@ mod tests {
             "candidate:1 1 udp 1 0.0.0.0 9 typ host",
             &lan_only
         ));
+    }
+
+    #[test]
+    fn tells_relay_candidates_apart() {
+        assert!(is_relay_candidate(RELAY));
+        assert!(is_relay_candidate(&format!("a={RELAY}")));
+        for other in [
+            LOOP,
+            LAN,
+            MDNS,
+            "",
+            "candidate:5 1 udp 1 10.0.0.1 9 typ srflx raddr 10.77.1.2 rport 5 relay",
+        ] {
+            assert!(!is_relay_candidate(other), "{other}");
+        }
     }
 
     #[test]

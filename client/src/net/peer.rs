@@ -22,13 +22,13 @@ use rtc::interceptor::{Registry, Slot};
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8,
+    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8,
 };
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp::packetizer::Packetizer;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
-    RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpEncodingParameters, RTCRtpRtxParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::PayloadType;
 use rtc::statistics::StatsSelector;
@@ -52,6 +52,10 @@ use webrtc::rtp_transceiver::RtpSender;
 /// from the sender after negotiation, never assume these).
 const H264_PT: PayloadType = 102;
 const VP8_PT: PayloadType = 96;
+/// RFC 4588 retransmission formats, one per video codec (`apt=` its payload type), the
+/// numbers webrtc's and Chromium's default lists pair with 102 and 96.
+const H264_RTX_PT: PayloadType = 103;
+const VP8_RTX_PT: PayloadType = 97;
 const OPUS_PT: PayloadType = 111;
 /// Largest RTP packet we send (what webrtc's own sample tracks use): fits any path MTU
 /// with room for SRTP, TURN channel and IPv6 headers.
@@ -171,6 +175,8 @@ struct Handler {
     remote_video: RemoteVideo,
     /// The addresses we gather on: a loopback candidate goes out only when all are.
     udp_addrs: Vec<String>,
+    /// Set by [`Peer::use_relay_only`]: only relay candidates go to the partner.
+    relay_only: Arc<AtomicBool>,
 }
 
 #[async_trait::async_trait]
@@ -180,6 +186,14 @@ impl PeerConnectionEventHandler for Handler {
             Ok(init) => {
                 if !super::candidates::offer_local_candidate(&init.candidate, &self.udp_addrs) {
                     tracing::debug!(candidate = %init.candidate, "not offering a loopback candidate");
+                    return;
+                }
+                if self.relay_only.load(Ordering::SeqCst)
+                    && !super::candidates::is_relay_candidate(&init.candidate)
+                {
+                    // The relay-only retry: the gatherer makes none of these any more,
+                    // but the agent may re-announce what it kept from before.
+                    tracing::debug!(candidate = %init.candidate, "relay-only: not offering");
                     return;
                 }
                 // An empty mid means "unknown" (the stack fills none in); send it as
@@ -338,6 +352,32 @@ fn video_codec_parameters(codec: VideoCodec) -> RTCRtpCodecParameters {
     }
 }
 
+/// The RTX (RFC 4588) format repairing `codec`: NACKed packets are resent on their own
+/// SSRC (announced as `a=ssrc-group:FID <media> <rtx>`) and payload type, with the
+/// original sequence number in the first two payload bytes, as browsers do. Then a
+/// retransmission never counts as the media stream's own packet (receiver reports, loss
+/// and jitter stay right) and a middlebox or receiver can tell repairs from new media.
+/// webrtc 0.21 does both ends: its NACK responder wraps a resent packet when the track's
+/// encoding names an RTX SSRC and the partner accepted the format, and the receiving
+/// endpoint unwraps it (primary SSRC, payload type and sequence number restored) before
+/// the track sees it, so the frame assembler gets the original packet.
+fn rtx_codec_parameters(codec: VideoCodec) -> RTCRtpCodecParameters {
+    let (payload_type, apt) = match codec {
+        VideoCodec::H264 => (H264_RTX_PT, H264_PT),
+        VideoCodec::Vp8 => (VP8_RTX_PT, VP8_PT),
+    };
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_RTX.to_owned(),
+            clock_rate: VIDEO_CLOCK_RATE,
+            channels: 0,
+            sdp_fmtp_line: format!("apt={apt}"),
+            rtcp_feedback: vec![],
+        },
+        payload_type,
+    }
+}
+
 /// Which video codec to send, from the partner's SDP (offer or answer): H.264 when it
 /// lists H.264 in packetization mode 1 (the mode we packetize in), else VP8 when this
 /// build has it, else none — also when the partner rejected video (port 0).
@@ -405,7 +445,15 @@ fn opus_codec() -> RTCRtpCodec {
 /// each other would otherwise deliver each other's PLIs to their receive tasks): it
 /// carries the SSRC, and so stays the same when the video track is re-made for another
 /// codec.
-fn media_track(kind: RtpCodecKind, codec: RTCRtpCodec, ssrc: u32) -> MediaStreamTrack {
+///
+/// `rtx_ssrc` (video): the SSRC retransmissions go out on. webrtc binds its NACK
+/// responder to the track's own encodings, so it must be named here, not only in the SDP.
+fn media_track(
+    kind: RtpCodecKind,
+    codec: RTCRtpCodec,
+    ssrc: u32,
+    rtx_ssrc: Option<u32>,
+) -> MediaStreamTrack {
     let id = format!("peer-stream-{kind}-{ssrc:08x}");
     MediaStreamTrack::new(
         "peer-stream".to_owned(),
@@ -415,6 +463,7 @@ fn media_track(kind: RtpCodecKind, codec: RTCRtpCodec, ssrc: u32) -> MediaStream
         vec![RTCRtpEncodingParameters {
             rtp_coding_parameters: RTCRtpCodingParameters {
                 ssrc: Some(ssrc),
+                rtx: rtx_ssrc.map(|ssrc| RTCRtpRtxParameters { ssrc }),
                 ..Default::default()
             },
             codec,
@@ -428,7 +477,7 @@ fn local_track(
     codec: RTCRtpCodec,
     ssrc: u32,
 ) -> anyhow::Result<TrackLocalStaticSample> {
-    TrackLocalStaticSample::new(Instant::now(), media_track(kind, codec, ssrc))
+    TrackLocalStaticSample::new(Instant::now(), media_track(kind, codec, ssrc, None))
         .map_err(|e| anyhow!("creating the {kind} track: {e}"))
 }
 
@@ -440,6 +489,8 @@ struct VideoOut {
     track: Arc<TrackLocalStaticRTP>,
     sender: Arc<dyn RtpSender>,
     ssrc: u32,
+    /// Where retransmissions go (RTX, see [`rtx_codec_parameters`]).
+    rtx_ssrc: u32,
     /// The codec the track was made for.
     first_codec: VideoCodec,
     /// What we send: set by [`Peer::prepare_video`]; `None` before, or when the two sides
@@ -576,6 +627,8 @@ struct PeerInner {
     pending: Mutex<Vec<RTCIceCandidateInit>>,
     remote_set: AtomicBool,
     closed: AtomicBool,
+    /// The connection was switched to relay candidates only ([`Peer::use_relay_only`]).
+    relay_only: Arc<AtomicBool>,
 }
 
 impl Peer {
@@ -588,9 +641,11 @@ impl Peer {
     ) -> anyhow::Result<Self> {
         let mut media = MediaEngine::default();
         for &codec in &settings.video_codecs {
-            media
-                .register_codec(video_codec_parameters(codec), RtpCodecKind::Video)
-                .map_err(|e| anyhow!("register {codec}: {e}"))?;
+            for params in [video_codec_parameters(codec), rtx_codec_parameters(codec)] {
+                media
+                    .register_codec(params, RtpCodecKind::Video)
+                    .map_err(|e| anyhow!("register {codec}: {e}"))?;
+            }
         }
         media
             .register_codec(
@@ -624,11 +679,13 @@ impl Peer {
         } else {
             settings.udp_addrs.clone()
         };
+        let relay_only = Arc::new(AtomicBool::new(settings.ice_policy == IcePolicy::Relay));
         let handler = Arc::new(Handler {
             events: events.clone(),
             sinks,
             remote_video: Arc::clone(&remote_video),
             udp_addrs: udp_addrs.clone(),
+            relay_only: Arc::clone(&relay_only),
         });
         // ICE checks every 50 ms instead of 200 ms: on a direct path the call connects a
         // few round trips sooner, which is most of call setup. A pair is given up after
@@ -646,13 +703,25 @@ impl Peer {
         let setting_engine = SettingEngineBuilder::new()
             .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(200))
             .with_relay_acceptance_min_wait(Some(relay_wait))
+            // An ICE restart (ours, or the partner's offer) rebinds the UDP sockets and
+            // gathers afresh: new host ports and new TURN allocations from new 5-tuples.
+            // Without it a restart re-announces the old relay candidate, dead when the
+            // TURN server dropped the allocation, and a relay-only retry that re-allocates
+            // from the same 5-tuple meets coturn still deleting the old allocation
+            // (`437 Allocation Mismatch`, after which webrtc's TURN client gives up).
+            .with_discard_local_candidates_during_ice_restart(true)
             // A vanished path is noticed fast: a keepalive every 1 s, disconnected after
-            // 2.5 s of silence (the UI says "reconnecting" and the offerer restarts ICE),
-            // failed 7.5 s later (10 s in all; the session gives up then). webrtc's
-            // defaults are 2 s, 5 s and 25 s.
+            // 2.5 s of silence (the UI says "reconnecting" and the offerer restarts ICE).
+            // The session's own timers decide when to give up (10 s, plus 10 s for the
+            // relay-only retry, `session/machine.rs`), so ICE's "failed" comes only after
+            // both: 2.5 + 17.5 s. It must not come sooner: webrtc 0.21's agent measures
+            // "checking too long" from when it *first* entered checking and does not reset
+            // that clock on a restart made while still checking, so with 10 s a call that
+            // never connected failed 14 ms after its relay-only restart (seen in
+            // `tests/relay_retry.rs`). webrtc's defaults are 2 s, 5 s and 25 s.
             .with_ice_timeouts(
                 Some(Duration::from_millis(2500)),
-                Some(Duration::from_millis(7500)),
+                Some(Duration::from_millis(17_500)),
                 Some(Duration::from_secs(1)),
             )
             .build();
@@ -669,6 +738,7 @@ impl Peer {
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
 
         let video_ssrc: u32 = rand::random();
+        let video_rtx_ssrc: u32 = rand::random();
         let audio_ssrc: u32 = rand::random();
         // Made for our first choice; re-made in `prepare_video` when the partner needs
         // another codec.
@@ -680,6 +750,7 @@ impl Peer {
             RtpCodecKind::Video,
             video_codec_parameters(first_codec).rtp_codec,
             video_ssrc,
+            Some(video_rtx_ssrc),
         )));
         let audio_track = Arc::new(local_track(RtpCodecKind::Audio, opus_codec(), audio_ssrc)?);
         let video_sender = pc
@@ -692,10 +763,12 @@ impl Peer {
             .map_err(|e| anyhow!("add audio track: {e}"))?;
         // Offer (and answer) the video codecs in our order of preference, whatever order
         // the partner listed them in: then a partner that has H.264 sends H.264 too.
+        // Each codec with its RTX format: preferences replace the codec list, and a
+        // primary listed without its RTX would be offered without retransmission format.
         let preferences: Vec<_> = settings
             .video_codecs
             .iter()
-            .map(|&c| video_codec_parameters(c))
+            .flat_map(|&c| [video_codec_parameters(c), rtx_codec_parameters(c)])
             .collect();
         for transceiver in pc.get_transceivers().await {
             let is_video =
@@ -717,6 +790,7 @@ impl Peer {
                     track: video_track,
                     sender: video_sender,
                     ssrc: video_ssrc,
+                    rtx_ssrc: video_rtx_ssrc,
                     first_codec,
                     codec: Mutex::new(None),
                     packetizer: tokio::sync::Mutex::new(None),
@@ -731,6 +805,7 @@ impl Peer {
                 pending: Mutex::new(Vec::new()),
                 remote_set: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
+                relay_only,
             }),
         })
     }
@@ -757,6 +832,41 @@ impl Peer {
             .await
             .map_err(|e| anyhow!("create ICE restart offer: {e}"))?;
         self.set_local(offer, "ICE restart offer").await
+    }
+
+    /// Switches the connection to TURN relay candidates only, for the relay-only retry
+    /// of a call that failed with direct candidates (issue #8). Takes effect at the next
+    /// gathering, i.e. our next ICE restart (offerer) or the partner's next offer
+    /// (answerer): webrtc 0.21 keeps a changed `ice_transport_policy` pending until then.
+    /// That restart rebinds our sockets and drops the earlier local candidates (see
+    /// `with_discard_local_candidates_during_ice_restart` in [`Peer::new`]), and the
+    /// rebuilt gatherers follow the new policy: no host or server-reflexive candidates,
+    /// fresh TURN allocations. As a second guard only relay candidates are signalled
+    /// from now on. Idempotent.
+    pub async fn use_relay_only(&self) -> anyhow::Result<()> {
+        if self.inner.relay_only.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        // With the restart's socket rebind (see `Peer::new`) the gatherers are rebuilt
+        // and take this policy: only TURN allocations, from fresh 5-tuples.
+        let current = self.inner.pc.get_configuration().await;
+        let config = RTCConfigurationBuilder::new()
+            .with_ice_servers(current.ice_servers().to_vec())
+            .with_ice_transport_policy(RTCIceTransportPolicy::Relay)
+            .build();
+        self.inner
+            .pc
+            .set_configuration(config)
+            .await
+            .map_err(|e| anyhow!("relay-only configuration: {e}"))?;
+        tracing::info!("relay-only: the next ICE gathering uses the TURN relay only");
+        Ok(())
+    }
+
+    /// Whether only relay candidates are gathered and signalled (`--ice-policy relay`, or
+    /// after [`Self::use_relay_only`]).
+    pub fn is_relay_only(&self) -> bool {
+        self.inner.relay_only.load(Ordering::SeqCst)
     }
 
     /// Answerer: applies the partner's offer, creates and applies the answer; returns it.
@@ -806,6 +916,7 @@ impl Peer {
                     RtpCodecKind::Video,
                     video_codec_parameters(codec).rtp_codec,
                     video.ssrc,
+                    Some(video.rtx_ssrc),
                 ));
                 video
                     .sender
@@ -1011,9 +1122,50 @@ impl Peer {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return;
         }
+        self.log_repairs().await;
         if let Err(e) = self.inner.pc.close().await {
             tracing::debug!("closing the peer connection: {e}");
         }
+    }
+}
+
+impl Peer {
+    /// Logs (info) how loss was repaired in this call's video, from webrtc's stats: NACKs
+    /// the partner sent us and the retransmissions we answered them with, split into RTX
+    /// (own SSRC, see [`rtx_codec_parameters`]) and plain resends, and the same the other
+    /// way. The loss benchmark in BENCHMARKS.md reads these lines.
+    async fn log_repairs(&self) {
+        let report = self
+            .inner
+            .pc
+            .get_stats(Instant::now(), StatsSelector::None)
+            .await;
+        let video = |kind: RtpCodecKind| kind == RtpCodecKind::Video;
+        let (mut nacks_received, mut rtx_sent, mut rtx_ssrc_out) = (0u64, 0u64, 0u32);
+        for s in report.outbound_rtp_streams() {
+            if video(s.sent_rtp_stream_stats.rtp_stream_stats.kind) {
+                nacks_received += u64::from(s.nack_count);
+                rtx_sent += s.retransmitted_packets_sent;
+                rtx_ssrc_out = s.rtx_ssrc;
+            }
+        }
+        let (mut nacks_sent, mut rtx_received, mut lost) = (0u64, 0u64, 0i64);
+        for s in report.inbound_rtp_streams() {
+            if video(s.received_rtp_stream_stats.rtp_stream_stats.kind) {
+                nacks_sent += u64::from(s.nack_count);
+                rtx_received += s.retransmitted_packets_received;
+                lost += s.received_rtp_stream_stats.packets_lost;
+            }
+        }
+        tracing::info!(
+            nacks_received,
+            rtx_sent,
+            rtx_ssrc_out,
+            nacks_sent,
+            rtx_received,
+            video_packets_lost = lost,
+            "video repairs in this call"
+        );
     }
 }
 

@@ -28,6 +28,10 @@ pub const UNDO_WINDOW: Duration = Duration::from_secs(5);
 /// match with `next` reason `connection_failed` and searches again).
 pub const PEER_GIVE_UP: Duration = Duration::from_secs(10);
 
+/// What a call that could not connect (or come back) says when it tries once more,
+/// through the TURN relay only, before giving up (see [`Status::relay_retry`]).
+pub const RELAY_RETRY_LINE: &str = "Still no connection — trying once more through a relay server…";
+
 /// Where the session is; what the UI shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -91,7 +95,9 @@ pub enum Input {
     /// shows "reconnecting" and the offerer restarts ICE; [`Input::PeerConnected`] ends it.
     PeerDisconnected(MatchId),
     /// The give-up timer numbered `generation` (see [`Status::peer_timer`]) ran out. The
-    /// driver sends it [`PEER_GIVE_UP`] after the timer was armed.
+    /// driver sends it [`PEER_GIVE_UP`] after the timer was armed. With a TURN server
+    /// and the relay-only retry still unused, the first one starts that retry instead
+    /// of giving up (see [`Status::relay_retry`]).
     PeerTimeout(u64),
     /// The first remote video frame of `match_id` was decoded: `path` is the selected
     /// local ICE candidate's type, `setup_ms` the time from `matched` to that frame.
@@ -188,6 +194,27 @@ pub struct Status {
     /// the new offer as a normal `signal`. (A status, not an [`Output`], so drivers
     /// written against the older outputs keep compiling.)
     pub ice_restart: u64,
+    /// The call is in its one relay-only retry (issue #8): it failed to connect, or to
+    /// come back, within [`PEER_GIVE_UP`] although the signaling server offered a TURN
+    /// server and `--ice-policy` was `all`. The driver switches the peer connection to
+    /// relay candidates only *before* it hands the peer any further offer or restart
+    /// (a fresh TURN allocation; host and server-reflexive candidates are neither
+    /// gathered nor signalled); the offerer restarts ICE once more ([`Self::ice_restart`]
+    /// changes in the same step), the answerer takes the next offer; the give-up timer
+    /// is armed again, so the retry has its own [`PEER_GIVE_UP`] window and the call
+    /// gives up for good at most 2 × [`PEER_GIVE_UP`] after it started failing. Stays set
+    /// until the match ends: a match retries once.
+    pub relay_retry: bool,
+}
+
+/// Whether an ICE server entry names a TURN server webrtc 0.21 can allocate on: a
+/// `turn:` URL over UDP (it skips `turns:` and TURN over TCP, so a relay-only retry
+/// through those could never connect).
+fn usable_turn_server(server: &IceServer) -> bool {
+    server.urls.iter().any(|url| {
+        let url = url.trim().to_ascii_lowercase();
+        url.starts_with("turn:") && !url.contains("transport=tcp")
+    })
 }
 
 #[derive(Debug)]
@@ -217,6 +244,15 @@ pub struct Session {
     call_role: Option<Role>,
     /// Numbers the give-up timers.
     peer_timer_generation: u64,
+    /// Whether a failed call may retry relay-only at all (`--ice-policy all`); see
+    /// [`Session::set_relay_retry`].
+    relay_retry_allowed: bool,
+    /// The current match's ICE servers include a TURN server the peer connection can use.
+    turn_offered: bool,
+    /// Offers from the partner since the call was matched or last connected: the first
+    /// sets the call up (or restarts ICE after a lost path), a second one in the same
+    /// attempt is the offerer's relay-only retry, which the answerer follows.
+    offers_this_attempt: u32,
     /// The `resume_token` of the last `welcome`: sent in the next `hello`'s `resume`.
     resume_token: Option<String>,
     /// Set while the server connection is lost and the server may still hold our
@@ -250,6 +286,9 @@ impl Session {
             call_reported: None,
             call_role: None,
             peer_timer_generation: 0,
+            relay_retry_allowed: true,
+            turn_offered: false,
+            offers_this_attempt: 0,
             resume_token: None,
             away: None,
             out: VecDeque::new(),
@@ -267,6 +306,12 @@ impl Session {
 
     pub fn set_auto_requeue(&mut self, on: bool) {
         self.auto_requeue = on;
+    }
+
+    /// Whether a call that failed may retry once through the TURN relay only (on by
+    /// default; off with `--ice-policy relay`, whose calls are relay-only already).
+    pub fn set_relay_retry(&mut self, allowed: bool) {
+        self.relay_retry_allowed = allowed;
     }
 
     /// The match whose signals are accepted right now.
@@ -304,6 +349,7 @@ impl Session {
         }
         self.phase = Phase::Ended { reason };
         self.clear_peer_watch();
+        self.status.relay_retry = false;
     }
 
     /// Starts (or restarts) the give-up timer of the current call.
@@ -315,6 +361,31 @@ impl Session {
     fn clear_peer_watch(&mut self) {
         self.status.peer_timer = None;
         self.status.peer_lost = false;
+    }
+
+    /// The call failed (its timer ran out, or ICE failed): retry relay-only once when
+    /// that can help, else give up.
+    fn call_failed(&mut self) {
+        if self.status.relay_retry {
+            // The retry is running: its own timer ends it (an ICE failure reported now
+            // may be the previous attempt's, crossing the restart).
+            return;
+        }
+        if !self.relay_retry_allowed || !self.turn_offered || self.current_match().is_none() {
+            self.give_up_call();
+            return;
+        }
+        self.start_relay_retry();
+    }
+
+    /// Enters the one relay-only retry of this match (see [`Status::relay_retry`]).
+    fn start_relay_retry(&mut self) {
+        self.status.relay_retry = true;
+        self.arm_peer_timer();
+        self.system(RELAY_RETRY_LINE);
+        if self.call_role == Some(Role::Offerer) {
+            self.status.ice_restart += 1;
+        }
     }
 
     /// The call's transport never connected or did not come back: end the match so
@@ -556,6 +627,7 @@ impl Session {
                     self.system("Reconnected to the stranger.");
                 }
                 self.clear_peer_watch();
+                self.offers_this_attempt = 0;
                 if let Phase::Connecting { .. } = &self.phase {
                     self.phase = Phase::Live { match_id: id };
                 }
@@ -578,7 +650,11 @@ impl Session {
             Input::PeerTimeout(generation) => {
                 if self.status.peer_timer == Some(generation) {
                     self.status.peer_timer = None;
-                    self.give_up_call();
+                    if self.status.relay_retry {
+                        self.give_up_call();
+                    } else {
+                        self.call_failed();
+                    }
                 }
             }
             Input::FirstFrame {
@@ -599,7 +675,7 @@ impl Session {
             }
             Input::PeerFailed(id) => {
                 if self.current_match() == Some(&id) {
-                    self.give_up_call();
+                    self.call_failed();
                 }
             }
         }
@@ -728,6 +804,9 @@ impl Session {
                 };
                 self.call_role = Some(role);
                 self.status.peer_lost = false;
+                self.status.relay_retry = false;
+                self.offers_this_attempt = 0;
+                self.turn_offered = ice_servers.iter().any(usable_turn_server);
                 // The call must connect within PEER_GIVE_UP.
                 self.arm_peer_timer();
                 // Matched first: the UI starts a fresh transcript with it.
@@ -755,10 +834,26 @@ impl Session {
                     // A new offer in a live call is the partner restarting ICE: its path
                     // to us was lost, so ours is too, even if our own ICE has not noticed
                     // yet. Say so (and arm the give-up timer) as on our own disconnect.
-                    let restart = payload.get("kind").and_then(|k| k.as_str()) == Some("offer")
+                    let offer = payload.get("kind").and_then(|k| k.as_str()) == Some("offer");
+                    let restart = offer
                         && matches!(&self.phase, Phase::Live { match_id: live } if *live == match_id);
                     if restart {
                         self.handle(Input::PeerDisconnected(match_id.clone()));
+                    }
+                    if offer {
+                        self.offers_this_attempt = self.offers_this_attempt.saturating_add(1);
+                        // A second offer before the call (re)connected is the offerer's
+                        // relay-only retry: follow it (relay candidates only, a fresh
+                        // window) before the peer applies it, unless our own timer
+                        // already started the retry.
+                        if self.offers_this_attempt >= 2
+                            && self.call_role == Some(Role::Answerer)
+                            && !self.status.relay_retry
+                            && self.relay_retry_allowed
+                            && self.turn_offered
+                        {
+                            self.start_relay_retry();
+                        }
                     }
                     self.out.push_back(Output::PeerSignal { match_id, payload });
                 }
@@ -1871,5 +1966,196 @@ mod tests {
                 reason: Some(NextReason::ConnectionFailed)
             }]
         );
+    }
+
+    fn matched_with(s: &mut Session, id: &str, role: Role, urls: &[&str]) {
+        s.handle(Input::Server(ServerMessage::Matched {
+            match_id: id.into(),
+            role,
+            common_interests: vec![],
+            ice_servers: vec![IceServer {
+                urls: urls.iter().map(|u| (*u).to_owned()).collect(),
+                username: Some("u".into()),
+                credential: Some("c".into()),
+            }],
+            resumed: false,
+        }));
+    }
+
+    const TURN: &[&str] = &["stun:10.0.0.1:3478", "turn:10.0.0.1:3478?transport=udp"];
+
+    fn offer_from_partner(s: &mut Session, id: &str) {
+        s.handle(Input::Server(ServerMessage::Signal {
+            match_id: id.into(),
+            payload: serde_json::json!({"kind":"offer","sdp":"v=0"}),
+        }));
+    }
+
+    #[test]
+    fn a_lost_path_retries_relay_only_once_before_giving_up() {
+        let mut s = welcomed();
+        s.handle(Input::Start { interests: vec![] });
+        matched_with(&mut s, "m1", Role::Offerer, TURN);
+        s.handle(Input::PeerConnected("m1".into()));
+        drain(&mut s);
+        s.handle(Input::PeerDisconnected("m1".into()));
+        drain(&mut s);
+        assert_eq!(s.status().ice_restart, 1, "the usual restart first");
+        assert!(!s.status().relay_retry);
+        let first = s.status().peer_timer.expect("armed");
+        // The restart did not bring the path back in time: relay-only, once.
+        s.handle(Input::PeerTimeout(first));
+        let outs = drain(&mut s);
+        assert!(s.status().relay_retry);
+        assert_eq!(s.status().ice_restart, 2, "the offerer restarts ICE again");
+        let retry = s.status().peer_timer.expect("the retry has its own window");
+        assert_ne!(retry, first);
+        assert!(s.status().peer_lost, "still reconnecting");
+        assert!(outs.contains(&Output::Notify(Notice::System(RELAY_RETRY_LINE.into()))));
+        assert!(sends(&outs).is_empty(), "nobody gives up yet: {outs:?}");
+        assert!(!outs.contains(&Output::StopPeer));
+        // ICE reporting failed meanwhile (the previous attempt) does not end the retry.
+        s.handle(Input::PeerFailed("m1".into()));
+        assert!(drain(&mut s).is_empty());
+        assert!(matches!(s.phase(), Phase::Live { .. }));
+        // The retry's window runs out: now the match ends as failed.
+        s.handle(Input::PeerTimeout(retry));
+        let outs = drain(&mut s);
+        assert!(outs.contains(&Output::StopPeer));
+        assert!(outs.contains(&Output::Notify(Notice::System(GIVE_UP_LINE.into()))));
+        assert_eq!(sends(&outs), failed_sends("m1"));
+        assert_eq!(s.status().ice_restart, 2);
+        assert!(!s.status().relay_retry, "over with the match");
+    }
+
+    #[test]
+    fn a_relay_retry_that_connects_keeps_the_call_and_is_not_repeated() {
+        let mut s = welcomed();
+        s.handle(Input::Start { interests: vec![] });
+        matched_with(&mut s, "m1", Role::Offerer, TURN);
+        let timer = s.status().peer_timer.expect("armed at matched");
+        drain(&mut s);
+        // Never connected: ICE failed before the timer ran out.
+        s.handle(Input::PeerFailed("m1".into()));
+        drain(&mut s);
+        assert!(s.status().relay_retry);
+        assert_eq!(s.status().ice_restart, 1);
+        // The first timer is stale now.
+        s.handle(Input::PeerTimeout(timer));
+        assert!(drain(&mut s).is_empty());
+        s.handle(Input::PeerConnected("m1".into()));
+        let outs = drain(&mut s);
+        assert!(sends(&outs).is_empty());
+        assert_eq!(
+            s.phase(),
+            &Phase::Live {
+                match_id: "m1".into()
+            }
+        );
+        assert_eq!(s.status().peer_timer, None);
+        assert!(s.status().relay_retry, "the call stays relay-only");
+        // A later loss restarts as usual, but a match retries relay-only once.
+        s.handle(Input::PeerDisconnected("m1".into()));
+        let timer = s.status().peer_timer.expect("armed");
+        assert_eq!(s.status().ice_restart, 2);
+        s.handle(Input::PeerTimeout(timer));
+        assert_eq!(sends(&drain(&mut s)), failed_sends("m1"));
+        assert_eq!(s.status().ice_restart, 2);
+        // The next match may retry again.
+        matched_with(&mut s, "m2", Role::Offerer, TURN);
+        assert!(!s.status().relay_retry);
+        s.handle(Input::PeerFailed("m2".into()));
+        assert!(s.status().relay_retry);
+    }
+
+    #[test]
+    fn no_relay_retry_without_a_usable_turn_server_or_with_relay_policy() {
+        for urls in [
+            &["stun:10.0.0.1:3478"][..],
+            &["turns:10.0.0.1:5349", "turn:10.0.0.1:3478?transport=tcp"][..],
+        ] {
+            let mut s = welcomed();
+            s.handle(Input::Start { interests: vec![] });
+            matched_with(&mut s, "m1", Role::Offerer, urls);
+            drain(&mut s);
+            s.handle(Input::PeerFailed("m1".into()));
+            assert_eq!(sends(&drain(&mut s)), failed_sends("m1"), "{urls:?}");
+            assert!(!s.status().relay_retry);
+        }
+        // `--ice-policy relay`: the call was relay-only already.
+        let mut s = welcomed();
+        s.set_relay_retry(false);
+        s.handle(Input::Start { interests: vec![] });
+        matched_with(&mut s, "m1", Role::Offerer, TURN);
+        let timer = s.status().peer_timer.expect("armed");
+        drain(&mut s);
+        s.handle(Input::PeerTimeout(timer));
+        assert_eq!(sends(&drain(&mut s)), failed_sends("m1"));
+        assert_eq!(s.status().ice_restart, 0);
+    }
+
+    #[test]
+    fn the_answerer_follows_the_offerers_relay_retry() {
+        let mut s = welcomed();
+        s.handle(Input::Start { interests: vec![] });
+        matched_with(&mut s, "m1", Role::Answerer, TURN);
+        let timer = s.status().peer_timer.expect("armed at matched");
+        offer_from_partner(&mut s, "m1");
+        drain(&mut s);
+        assert!(!s.status().relay_retry, "the first offer sets the call up");
+        // The call never connected and the offerer's timer ran out first: its second
+        // offer is the relay-only retry. We switch before the peer applies it.
+        offer_from_partner(&mut s, "m1");
+        let outs = drain(&mut s);
+        assert!(s.status().relay_retry);
+        assert_eq!(s.status().ice_restart, 0, "only the offerer restarts");
+        let retry = s.status().peer_timer.expect("a fresh window");
+        assert_ne!(retry, timer);
+        assert!(outs.contains(&Output::Notify(Notice::System(RELAY_RETRY_LINE.into()))));
+        assert!(
+            outs.iter().any(|o| matches!(o, Output::PeerSignal { .. })),
+            "the offer reaches the peer: {outs:?}"
+        );
+        assert!(sends(&outs).is_empty());
+        // Our own first timer firing now changes nothing; the retry's ends the match.
+        s.handle(Input::PeerTimeout(timer));
+        assert!(drain(&mut s).is_empty());
+        s.handle(Input::PeerTimeout(retry));
+        assert_eq!(sends(&drain(&mut s)), failed_sends("m1"));
+    }
+
+    #[test]
+    fn an_answerer_whose_timer_runs_out_first_waits_for_the_retry() {
+        let mut s = welcomed();
+        s.handle(Input::Start { interests: vec![] });
+        matched_with(&mut s, "m1", Role::Answerer, TURN);
+        offer_from_partner(&mut s, "m1");
+        s.handle(Input::PeerConnected("m1".into()));
+        drain(&mut s);
+        // The path is lost; the offerer's usual restart arrives.
+        offer_from_partner(&mut s, "m1");
+        drain(&mut s);
+        assert!(s.status().peer_lost);
+        assert!(
+            !s.status().relay_retry,
+            "one offer in this outage: the usual restart"
+        );
+        let timer = s.status().peer_timer.expect("armed");
+        s.handle(Input::PeerTimeout(timer));
+        let outs = drain(&mut s);
+        assert!(sends(&outs).is_empty(), "waits for the offerer: {outs:?}");
+        assert!(
+            s.status().relay_retry,
+            "relay-only before the retry's offer"
+        );
+        let retry = s.status().peer_timer.expect("armed again");
+        // The retry's offer does not extend the window again.
+        offer_from_partner(&mut s, "m1");
+        drain(&mut s);
+        assert_eq!(s.status().peer_timer, Some(retry));
+        s.handle(Input::PeerConnected("m1".into()));
+        drain(&mut s);
+        assert!(!s.status().peer_lost);
+        assert!(matches!(s.phase(), Phase::Live { .. }));
     }
 }
