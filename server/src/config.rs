@@ -98,7 +98,14 @@ pub struct Config {
     /// Run as one node of a cluster: the waiting queue, the online/waiting counts and the
     /// way to partners on other nodes live in this Redis (redis://HOST:PORT[/DB]); any number
     /// of nodes with the same URL act as one service. Without it: one node, in memory.
-    #[arg(long, env = "PEER_STREAM_REDIS", value_name = "URL", value_parser = redis_url)]
+    /// Also read by `bans add|remove`, which then apply to every node of the cluster.
+    #[arg(
+        long,
+        env = "PEER_STREAM_REDIS",
+        value_name = "URL",
+        value_parser = redis_url,
+        global = true
+    )]
     pub redis: Option<String>,
 
     /// Allowed values of the Origin header for /ws (repeatable or comma-separated; empty = any).

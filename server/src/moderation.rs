@@ -48,6 +48,16 @@ struct Inner {
     duration: Duration,
 }
 
+/// A ban as a cluster shares it through Redis (`--redis`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedBan {
+    /// An address or a CIDR range, as [`BanTarget`] prints it.
+    pub target: String,
+    /// Unix seconds.
+    pub until: i64,
+    pub reason: String,
+}
+
 /// One report, as the matchmaker knows it.
 #[derive(Clone, Debug)]
 pub struct Report {
@@ -322,6 +332,22 @@ impl Moderation {
     /// Stores a report; returns true when it tipped the reported address into a ban.
     /// Blocking (SQLite): call from `spawn_blocking`.
     pub fn record_report(&self, report: &Report) -> anyhow::Result<bool> {
+        self.record_report_counted(report, None)
+    }
+
+    /// How far back reports count toward a ban.
+    pub fn window(&self) -> Duration {
+        self.inner.window
+    }
+
+    /// [`Self::record_report`] for a cluster node: `cluster_distinct` is the number of
+    /// distinct sessions that reported the address within the window on every node (from
+    /// Redis); the ban comes when either count reaches the threshold.
+    pub fn record_report_counted(
+        &self,
+        report: &Report,
+        cluster_distinct: Option<u32>,
+    ) -> anyhow::Result<bool> {
         let now = unix_now();
         let db = self.inner.db.lock().unwrap_or_else(PoisonError::into_inner);
         db.execute(
@@ -347,6 +373,7 @@ impl Moderation {
             params![report.reported_ip.to_string(), since],
             |r| r.get(0),
         )?;
+        let distinct = distinct.max(cluster_distinct.unwrap_or(0));
         if distinct < self.inner.threshold {
             return Ok(false);
         }
@@ -369,6 +396,58 @@ impl Moderation {
             .insert(target, until);
         tracing::warn!(ip = %report.reported_ip, distinct, "address banned after reports");
         Ok(true)
+    }
+
+    /// When the ban on exactly `ip` ends (unix seconds), if there is one in force.
+    pub fn ban_until(&self, ip: IpAddr) -> Option<i64> {
+        let bans = self
+            .inner
+            .bans
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        bans.exact
+            .get(&ip.to_canonical())
+            .copied()
+            .filter(|until| *until > unix_now())
+    }
+
+    /// Applies the bans a cluster shares through Redis: each one in force is written to
+    /// this node's file (so it outlives the cluster), each one `removed` from the shared
+    /// set is deleted; the mirror is reloaded. True when anything changed. Blocking.
+    pub fn apply_shared(&self, bans: &[SharedBan], removed: &[String]) -> anyhow::Result<bool> {
+        let now = unix_now();
+        let db = self.inner.db.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut changed = false;
+        for b in bans.iter().filter(|b| b.until > now) {
+            let Ok(target) = b.target.parse::<BanTarget>() else {
+                tracing::warn!(target = %b.target, "ignoring a shared ban with an unreadable address");
+                continue;
+            };
+            changed |= db.execute(
+                "INSERT INTO bans (ip, until, reason, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(ip) DO UPDATE SET until = excluded.until, reason = excluded.reason
+                 WHERE bans.until <> excluded.until",
+                params![target.to_string(), b.until, b.reason, now],
+            )? > 0;
+        }
+        for r in removed {
+            if let Ok(target) = r.parse::<BanTarget>() {
+                changed |= db.execute("DELETE FROM bans WHERE ip = ?1", [target.to_string()])? > 0;
+            }
+        }
+        if changed {
+            let bans = load_bans(&db, now)?;
+            *self
+                .inner
+                .bans
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = bans;
+            self.inner
+                .data_version
+                .store(data_version(&db)?, Ordering::Relaxed);
+            tracing::info!("bans shared by the cluster applied");
+        }
+        Ok(changed)
     }
 
     /// Reloads the ban mirror when another process (the operator's `bans add/remove`)

@@ -7,7 +7,8 @@
 use super::time::rfc3339;
 use super::{BansCmd, ReportsCmd};
 use anyhow::Context;
-use peer_stream_server::moderation::{BanRecord, BanTarget, ModerationDb, ReportRecord};
+use peer_stream_server::matchmaker::cluster::redis::{share_ban_blocking, unshare_ban_blocking};
+use peer_stream_server::moderation::{BanRecord, BanTarget, ModerationDb, ReportRecord, SharedBan};
 use peer_stream_server::Config;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -145,11 +146,25 @@ pub fn bans(cmd: &BansCmd, config: &Config) -> anyhow::Result<()> {
                 anyhow::bail!("the ban would end at once: give --for (e.g. --for 7d)");
             }
             let ban = db.add_ban(*address, duration, reason)?;
+            if let Some(url) = &config.redis {
+                // A cluster: every node applies it within seconds (and keeps it in its file).
+                let shared = SharedBan {
+                    target: ban.address.clone(),
+                    until: ban.expires,
+                    reason: ban.reason.clone(),
+                };
+                share_ban_blocking(url, &shared)
+                    .context("banned in this node's file, but not shared with the cluster")?;
+            }
             write_out(&bans_output(&[ban], *json)?)
         }
         BansCmd::Remove { address, json } => {
             let removed = db.remove_ban(*address)?;
-            if removed.is_empty() {
+            if let Some(url) = &config.redis {
+                unshare_ban_blocking(url, &address.to_string())
+                    .context("lifted in this node's file, but not for the cluster")?;
+            }
+            if removed.is_empty() && config.redis.is_none() {
                 let covering: Vec<String> = db
                     .bans(false)?
                     .into_iter()

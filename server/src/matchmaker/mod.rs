@@ -11,7 +11,7 @@ pub mod queue;
 
 use crate::ice::IceConfig;
 use crate::metrics::{Metrics, UndoResult};
-use crate::moderation::{Moderation, Report};
+use crate::moderation::{BanTarget, Moderation, Report, SharedBan};
 use cluster::local::LocalCluster;
 use cluster::redis::RedisCluster;
 use cluster::{Cluster, NodeMsg, Paired, RemoteSide, Tick};
@@ -452,7 +452,7 @@ impl<C: Cluster> Matchmaker<C> {
                 session,
                 match_id,
                 reason,
-            } => self.report(session, match_id, reason),
+            } => self.report(session, match_id, reason).await,
             Command::Disconnect { session, conn } => {
                 if self.serves(&session, conn) {
                     self.end_session(&session).await;
@@ -485,6 +485,15 @@ impl<C: Cluster> Matchmaker<C> {
                 for s in banned {
                     self.close_banned(&s, "you have been banned after reports from other users")
                         .await;
+                }
+                // Every node of a cluster applies it too (a single node: nothing to do).
+                if let Some(until) = self.moderation.ban_until(ip) {
+                    let ban = SharedBan {
+                        target: BanTarget::single(ip).to_string(),
+                        until,
+                        reason: "reported by other users".to_owned(),
+                    };
+                    self.cluster.share_ban(ban).await;
                 }
             }
             Command::BansChanged => {
@@ -1305,6 +1314,26 @@ impl<C: Cluster> Matchmaker<C> {
 
     /// The cluster's periodic news: matches whose partner's node died end as disconnects.
     async fn on_tick(&mut self, tick: Tick) {
+        if let Some(bans) = tick.bans {
+            // SQLite off the actor; the sessions of newly banned addresses close when the
+            // mirror is updated (`BansChanged`).
+            let moderation = self.moderation.clone();
+            let tx = self.self_tx.clone();
+            tokio::spawn(async move {
+                let applied = tokio::task::spawn_blocking(move || {
+                    moderation.apply_shared(&bans.current, &bans.removed)
+                })
+                .await;
+                match applied {
+                    Ok(Ok(true)) => {
+                        let _ = tx.send(Command::BansChanged).await;
+                    }
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => tracing::error!("could not apply the shared bans: {e:#}"),
+                    Err(e) => tracing::error!("shared bans task failed: {e}"),
+                }
+            });
+        }
         let Some(alive) = tick.alive else {
             return;
         };
@@ -1421,7 +1450,7 @@ impl<C: Cluster> Matchmaker<C> {
         }
     }
 
-    fn report(&mut self, session: SessionId, match_id: MatchId, reason: String) {
+    async fn report(&mut self, session: SessionId, match_id: MatchId, reason: String) {
         let Some(past) = self.recent_match(
             &session,
             &match_id,
@@ -1443,12 +1472,21 @@ impl<C: Cluster> Matchmaker<C> {
             reason,
         };
         tracing::info!(reporter = %report.reporter_session, reported = %report.reported_session, ip = %report.reported_ip, "report received");
+        // Counted over every node of a cluster (the report record itself stays here).
+        let cluster_distinct = self
+            .cluster
+            .count_report(reported_ip, &session, self.moderation.window())
+            .await;
         let moderation = self.moderation.clone();
         let tx = self.self_tx.clone();
         let metrics = Arc::clone(&self.metrics);
         tokio::spawn(async move {
             let ip = report.reported_ip;
-            match tokio::task::spawn_blocking(move || moderation.record_report(&report)).await {
+            match tokio::task::spawn_blocking(move || {
+                moderation.record_report_counted(&report, cluster_distinct)
+            })
+            .await
+            {
                 Ok(Ok(true)) => {
                     metrics.bans_total.fetch_add(1, Relaxed);
                     let _ = tx.send(Command::Banned { ip }).await;

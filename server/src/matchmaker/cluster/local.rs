@@ -3,6 +3,7 @@
 
 use super::{Cluster, NodeMsg, Paired, Pushed, Tick, Unavailable};
 use crate::matchmaker::queue::{MatchQueue, Parked};
+use crate::moderation::SharedBan;
 use peer_stream_shared::SessionId;
 use std::net::IpAddr;
 use std::time::Instant;
@@ -115,6 +116,17 @@ impl Cluster for LocalCluster {
     async fn tick(&mut self, _local_online: u64) -> Tick {
         Tick::default()
     }
+
+    async fn count_report(
+        &mut self,
+        _reported: IpAddr,
+        _reporter: &SessionId,
+        _window: std::time::Duration,
+    ) -> Option<u32> {
+        None
+    }
+
+    async fn share_ban(&mut self, _ban: SharedBan) {}
 
     async fn claimed(&mut self, session: &SessionId) {
         self.queue.remove(session);

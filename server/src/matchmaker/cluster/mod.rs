@@ -15,6 +15,7 @@ pub mod local;
 pub mod redis;
 
 use super::queue::{Pair, Parked};
+use crate::moderation::SharedBan;
 use peer_stream_shared::{MatchId, PartnerLeftReason, Role, SessionId};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -98,6 +99,18 @@ pub struct Tick {
     /// The nodes alive now (`None` without a cluster, or when the store was unreachable):
     /// matches with a partner on any other node end as disconnects.
     pub alive: Option<HashSet<String>>,
+    /// The bans shared by the cluster, when they changed since the last tick (all of them
+    /// at a node's first tick).
+    pub bans: Option<SharedBans>,
+}
+
+/// The cluster's shared bans, as a tick read them.
+#[derive(Debug, Default)]
+pub struct SharedBans {
+    /// Every shared ban (also expired ones: the receiver skips those).
+    pub current: Vec<SharedBan>,
+    /// Targets that were shared at the previous read and are not any more (unbanned).
+    pub removed: Vec<String>,
 }
 
 /// The matchmaker's queue and relay, in memory or shared through Redis. Every method is
@@ -157,6 +170,17 @@ pub trait Cluster: Send + 'static {
     fn take_inbound(&mut self) -> Option<mpsc::Receiver<NodeMsg>>;
     /// Called every second: liveness, service-wide counts.
     fn tick(&mut self, local_online: u64) -> impl Future<Output = Tick> + Send;
+    /// Counts a report of `reported` by `reporter` toward the automatic ban, across every
+    /// node: the distinct reporters within `window` (`None` without a cluster, or when
+    /// the count could not be had; the node's own count applies then).
+    fn count_report(
+        &mut self,
+        reported: IpAddr,
+        reporter: &SessionId,
+        window: std::time::Duration,
+    ) -> impl Future<Output = Option<u32>> + Send;
+    /// A ban this node made (after reports): every node applies it within seconds.
+    fn share_ban(&mut self, ban: SharedBan) -> impl Future<Output = ()> + Send;
     /// `session`, waiting here, was paired by another node: drop it from this node's view
     /// of the queue (and from the shared queue, should it have been re-added meanwhile).
     fn claimed(&mut self, session: &SessionId) -> impl Future<Output = ()> + Send;

@@ -11,6 +11,11 @@
 //!   that expires [`ALIVE_TTL`] after the node's last tick. A node whose key is gone is
 //!   dropped from `ps:online` and its waiters leave the queue (by whichever node ticks first).
 //! - `ps:node:NODE`: the node's pub/sub channel ([`NodeMsg`] as JSON).
+//! - `ps:bans` (hash): address or range → `UNTIL|REASON` (unix seconds), the bans every node
+//!   applies (and writes to its own SQLite file); `ps:bans:v` counts changes, so a node
+//!   reads the hash only when it changed (its tick returns the counter).
+//! - `ps:reports:ADDRESS` (sorted set): reporter session → when (ms), within the ban
+//!   window: the reports toward the automatic ban, counted over every node.
 //!
 //! A pairing costs 2 round trips on the node that pairs (the push script, which adds the
 //! waiter and returns the whole queue; the claim script) plus 1 publish when the partner
@@ -20,8 +25,9 @@
 //! waiting, `/readyz` answers 503, and a health task notices when Redis is back; this
 //! node's waiters are then written again (a restarted Redis forgot them).
 
-use super::{Cluster, NodeMsg, Paired, Pushed, RemoteSide, Tick, Unavailable};
+use super::{Cluster, NodeMsg, Paired, Pushed, RemoteSide, SharedBans, Tick, Unavailable};
 use crate::matchmaker::queue::{choose, Pair, Parked};
+use crate::moderation::SharedBan;
 use futures_util::StreamExt;
 use peer_stream_shared::SessionId;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -42,6 +48,9 @@ const SEQ: &str = "ps:seq";
 const ONLINE: &str = "ps:online";
 const ALIVE_PREFIX: &str = "ps:alive:";
 const CHANNEL_PREFIX: &str = "ps:node:";
+const BANS: &str = "ps:bans";
+const BANS_VERSION: &str = "ps:bans:v";
+const REPORTS_PREFIX: &str = "ps:reports:";
 
 /// A node whose liveness key is older than this is dead: its waiters leave the queue and
 /// its partners on other nodes are told `disconnected`.
@@ -84,8 +93,8 @@ return 0
 ";
 
 /// A node's tick: refreshes its liveness and its online count, drops dead nodes and their
-/// waiters; returns `{online (all live nodes), waiting, live nodes}`.
-/// KEYS: online, waiters. ARGV: node, its sessions, liveness ttl ms, liveness key prefix.
+/// waiters; returns `{online (all live nodes), waiting, live nodes, bans version}`.
+/// KEYS: online, waiters, bans version. ARGV: node, its sessions, liveness ttl ms, liveness key prefix.
 const TICK_LUA: &str = r"
 redis.call('SET', ARGV[4] .. ARGV[1], '1', 'PX', ARGV[3])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -109,7 +118,7 @@ for i = 1, #waiters, 2 do
     if known[node] == 0 then redis.call('HDEL', KEYS[2], waiters[i]) end
   end
 end
-return {total, redis.call('HLEN', KEYS[2]), alive}
+return {total, redis.call('HLEN', KEYS[2]), alive, tonumber(redis.call('GET', KEYS[3]) or '0')}
 ";
 
 /// The JSON part of a waiter's value.
@@ -227,6 +236,9 @@ pub struct RedisCluster {
     /// first: sent again once Redis is back, so a partner on another node is not left in a
     /// match with nobody.
     pending: std::collections::VecDeque<(String, NodeMsg)>,
+    /// `ps:bans:v` at the last read of the shared bans, and the targets read then.
+    bans_version: Option<i64>,
+    bans_seen: HashSet<String>,
     /// Stops the pub/sub and health tasks.
     stop: CancellationToken,
 }
@@ -297,6 +309,8 @@ impl RedisCluster {
             claim: Script::new(CLAIM_LUA),
             tick: Script::new(TICK_LUA),
             pending: std::collections::VecDeque::new(),
+            bans_version: None,
+            bans_seen: HashSet::new(),
             stop,
         };
         // Alive from the start, so other nodes do not take our first waiters for orphans.
@@ -804,21 +818,77 @@ impl Cluster for RedisCluster {
         let mut inv = self.tick.prepare_invoke();
         inv.key(ONLINE)
             .key(WAITERS)
+            .key(BANS_VERSION)
             .arg(&self.node)
             .arg(local_online)
             .arg(millis(ALIVE_TTL))
             .arg(ALIVE_PREFIX);
-        let Some((online, waiting, alive)) = self
-            .call::<(u64, u64, Vec<String>), _>("tick", inv.invoke_async(&mut con))
+        let Some((online, waiting, alive, bans_version)) = self
+            .call::<(u64, u64, Vec<String>, i64), _>("tick", inv.invoke_async(&mut con))
             .await
         else {
             return Tick::default();
         };
         self.others_online = online.saturating_sub(local_online);
         self.waiting = waiting;
+        let bans = if self.bans_version == Some(bans_version) {
+            None
+        } else {
+            self.read_bans(bans_version).await
+        };
         Tick {
             alive: Some(alive.into_iter().collect()),
+            bans,
         }
+    }
+
+    async fn count_report(
+        &mut self,
+        reported: IpAddr,
+        reporter: &SessionId,
+        window: Duration,
+    ) -> Option<u32> {
+        if !self.ready() {
+            return None;
+        }
+        // One sorted set per reported address: reporter session → when (ms); older
+        // entries than the window are dropped, so its size is the distinct reporters.
+        let key = format!("{REPORTS_PREFIX}{}", reported.to_canonical());
+        let now = now_ms();
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("ZADD")
+            .arg(&key)
+            .arg(now)
+            .arg(&reporter.0)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(now.saturating_sub(millis(window)))
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(millis(window).max(1))
+            .ignore()
+            .cmd("ZCARD")
+            .arg(&key);
+        let (count,): (u32,) = self
+            .call("count a report", pipe.query_async(&mut con))
+            .await?;
+        Some(count)
+    }
+
+    async fn share_ban(&mut self, ban: SharedBan) {
+        if !self.ready() {
+            tracing::warn!(target = %ban.target, "Redis unreachable: this ban stays on this node");
+            return;
+        }
+        let mut con = self.con.clone();
+        let _: Option<()> = self
+            .call("share a ban", share_ban_pipe(&ban).query_async(&mut con))
+            .await;
     }
 
     async fn claimed(&mut self, session: &SessionId) {
@@ -960,4 +1030,88 @@ impl RedisCluster {
             }
         }
     }
+
+    /// The shared bans (after `ps:bans:v` moved to `version`), and which were dropped
+    /// since the last read.
+    async fn read_bans(&mut self, version: i64) -> Option<SharedBans> {
+        let mut con = self.con.clone();
+        let flat: Vec<String> = self
+            .call(
+                "read the shared bans",
+                redis::cmd("HGETALL").arg(BANS).query_async(&mut con),
+            )
+            .await?;
+        let mut current = Vec::with_capacity(flat.len() / 2);
+        let mut it = flat.into_iter();
+        while let (Some(target), Some(value)) = (it.next(), it.next()) {
+            let Some((until, reason)) = value.split_once('|') else {
+                continue;
+            };
+            let Ok(until) = until.parse() else {
+                continue;
+            };
+            current.push(SharedBan {
+                target,
+                until,
+                reason: reason.to_owned(),
+            });
+        }
+        let now: HashSet<String> = current.iter().map(|b| b.target.clone()).collect();
+        let removed = self.bans_seen.difference(&now).cloned().collect();
+        self.bans_seen = now;
+        self.bans_version = Some(version);
+        Some(SharedBans { current, removed })
+    }
+}
+
+/// HSET the ban and bump the version, in one round trip.
+fn share_ban_pipe(ban: &SharedBan) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .cmd("HSET")
+        .arg(BANS)
+        .arg(&ban.target)
+        .arg(format!("{}|{}", ban.until, ban.reason))
+        .ignore()
+        .cmd("INCR")
+        .arg(BANS_VERSION)
+        .ignore();
+    pipe
+}
+
+/// For the operator's `bans add --redis`: shares a ban with every node of the cluster
+/// (each applies it within seconds and writes it to its own file). Blocking.
+pub fn share_ban_blocking(url: &str, ban: &SharedBan) -> anyhow::Result<()> {
+    let mut con = blocking_connection(url)?;
+    share_ban_pipe(ban)
+        .query::<()>(&mut con)
+        .map_err(|e| anyhow::anyhow!("sharing the ban through Redis failed: {e}"))
+}
+
+/// For the operator's `bans remove --redis`: lifts a shared ban on every node. Blocking.
+pub fn unshare_ban_blocking(url: &str, target: &str) -> anyhow::Result<()> {
+    let mut con = blocking_connection(url)?;
+    redis::pipe()
+        .atomic()
+        .cmd("HDEL")
+        .arg(BANS)
+        .arg(target)
+        .ignore()
+        .cmd("INCR")
+        .arg(BANS_VERSION)
+        .ignore()
+        .query::<()>(&mut con)
+        .map_err(|e| anyhow::anyhow!("lifting the ban through Redis failed: {e}"))
+}
+
+fn blocking_connection(url: &str) -> anyhow::Result<redis::Connection> {
+    let client = redis::Client::open(url)
+        .map_err(|e| anyhow::anyhow!("--redis {url:?} is not a usable Redis URL: {e}"))?;
+    let con = client
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .map_err(|e| anyhow::anyhow!("cannot reach Redis at {url}: {e}"))?;
+    con.set_read_timeout(Some(Duration::from_secs(5)))
+        .and_then(|()| con.set_write_timeout(Some(Duration::from_secs(5))))
+        .map_err(|e| anyhow::anyhow!("Redis connection: {e}"))?;
+    Ok(con)
 }
