@@ -156,8 +156,14 @@ async fn redis_outage_answers_unavailable_and_service_resumes() {
         return;
     };
     assert_eq!(status(&node_a, "/readyz").await, 200);
+    // A call across the two nodes, made before the outage.
     let mut a = node_a.named("a@A").await;
     let mut b = node_b.named("b@B").await;
+    a.join(&[]).await;
+    b.join(&[]).await;
+    let m = a.expect_matched().await;
+    b.expect_matched().await;
+    let mut c = node_a.named("c@A").await;
 
     redis.stop();
     let mut unready = false;
@@ -174,13 +180,16 @@ async fn redis_outage_answers_unavailable_and_service_resumes() {
         200,
         "liveness is not readiness"
     );
-    a.send_json(&json!({"type": "join"})).await;
-    a.expect_error("unavailable").await;
-    a.send_json(&json!({"type": "next"})).await;
-    a.expect_error("unavailable").await;
+    c.send_json(&json!({"type": "join"})).await;
+    c.expect_error("unavailable").await;
+    c.send_json(&json!({"type": "next"})).await;
+    c.expect_error("unavailable").await;
     // Idle, not queued: nothing else arrives, and the connection still works.
-    a.expect_no_message(Duration::from_millis(300)).await;
-    a.assert_alive().await;
+    c.expect_no_message(Duration::from_millis(300)).await;
+    c.assert_alive().await;
+    // A relay to the partner on the other node cannot go: its sender is told.
+    a.chat(&m.match_id, "lost in the outage").await;
+    a.expect_error("unavailable").await;
 
     redis.restart().await;
     eventually(CLUSTER_WAIT, "node A ready again", || async {
@@ -191,16 +200,21 @@ async fn redis_outage_answers_unavailable_and_service_resumes() {
         status(&node_b, "/readyz").await == 200
     })
     .await;
-    a.join(&[]).await;
-    b.join(&[]).await;
-    let ma = a.expect_matched().await;
-    let mb = b.expect_matched().await;
-    assert_eq!(
-        ma.match_id, mb.match_id,
-        "paired across nodes after the outage"
-    );
-    a.chat(&ma.match_id, "still here").await;
+    // The call outlived the outage (a restarted Redis forgot every node's liveness key
+    // for a moment: that is not a dead node). Give the nodes a few ticks to misjudge it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    a.chat(&m.match_id, "still here").await;
     assert_eq!(b.expect_type("chat").await["text"], "still here");
+    b.chat(&m.match_id, "me too").await;
+    assert_eq!(a.expect_type("chat").await["text"], "me too");
+
+    // New users pair across nodes again.
+    let mut d = node_b.named("d@B").await;
+    c.join(&[]).await;
+    d.join(&[]).await;
+    let mc = c.expect_matched().await;
+    let md = d.expect_matched().await;
+    assert_eq!(mc.match_id, md.match_id, "paired across nodes after the outage");
     node_a.stop().await;
     node_b.stop().await;
 }

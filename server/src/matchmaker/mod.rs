@@ -37,6 +37,11 @@ const REPORTABLE_MATCHES: usize = 2;
 /// How long after its own `next` a session may send `undo_next` (PROTOCOL.md).
 pub const UNDO_WINDOW: Duration = Duration::from_secs(5);
 
+/// A node absent from the cluster's liveness list this long (after its key expired) is
+/// dead: its sessions' partners here get `partner_left` `disconnected`. Longer than it
+/// takes every node to write its key again after a Redis restart.
+const DEAD_NODE_GRACE: Duration = Duration::from_secs(5);
+
 /// A `counts` subscriber gets at most one `counts` message per this interval.
 pub const COUNTS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -283,6 +288,9 @@ pub struct Matchmaker<C: Cluster> {
     tokens: HashMap<String, SessionId>,
     /// When detached sessions' windows end (stale entries are skipped when popped).
     expiries: BinaryHeap<Reverse<(Instant, SessionId)>>,
+    /// Nodes serving partners of this node's sessions that the last ticks did not see
+    /// alive, since when.
+    absent: HashMap<String, Instant>,
 }
 
 /// Starts the matchmaker task; it stops when `shutdown` is cancelled.
@@ -336,6 +344,7 @@ impl<C: Cluster> Matchmaker<C> {
             resume_window,
             tokens: HashMap::new(),
             expiries: BinaryHeap::new(),
+            absent: HashMap::new(),
         }
     }
 }
@@ -1337,10 +1346,31 @@ impl<C: Cluster> Matchmaker<C> {
         let Some(alive) = tick.alive else {
             return;
         };
+        // A node missing for a while is dead. Not at once: after a Redis restart every
+        // node's liveness key is gone until its next tick (within about a second).
+        let now = Instant::now();
+        let remote: std::collections::HashSet<&String> = self
+            .matches
+            .values()
+            .filter_map(|m| m.remote.as_ref())
+            .collect();
+        self.absent
+            .retain(|node, _| remote.contains(node) && !alive.contains(node));
+        for node in remote {
+            if !alive.contains(node) {
+                self.absent.entry(node.clone()).or_insert(now);
+            }
+        }
+        let dead: Vec<&String> = self
+            .absent
+            .iter()
+            .filter(|(_, since)| now.saturating_duration_since(**since) >= DEAD_NODE_GRACE)
+            .map(|(node, _)| node)
+            .collect();
         let orphaned: Vec<MatchId> = self
             .matches
             .iter()
-            .filter(|(_, m)| m.remote.as_ref().is_some_and(|n| !alive.contains(n)))
+            .filter(|(_, m)| m.remote.as_ref().is_some_and(|n| dead.contains(&n)))
             .map(|(id, _)| id.clone())
             .collect();
         for match_id in orphaned {

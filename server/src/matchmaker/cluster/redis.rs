@@ -812,8 +812,6 @@ impl Cluster for RedisCluster {
         if !self.ready() {
             return Tick::default();
         }
-        self.resync().await;
-        self.flush_pending().await;
         let mut con = self.con.clone();
         let mut inv = self.tick.prepare_invoke();
         inv.key(ONLINE)
@@ -831,6 +829,11 @@ impl Cluster for RedisCluster {
         };
         self.others_online = online.saturating_sub(local_online);
         self.waiting = waiting;
+        // After the liveness key is written, not before: a restarted Redis has no key for
+        // this node yet, and another node's tick would take the re-written waiters for a
+        // dead node's.
+        self.resync().await;
+        self.flush_pending().await;
         let bans = if self.bans_version == Some(bans_version) {
             None
         } else {
