@@ -68,6 +68,89 @@ const CLAIM_TRIES: usize = 3;
 /// (beyond this, the oldest are dropped: those partners learn it from the liveness check
 /// only if the node dies).
 const PENDING_MAX: usize = 10_000;
+/// Messages for other nodes queued for the publisher; a relay beyond it answers
+/// `unavailable` (Redis cannot keep up).
+const OUTGOING_MAX: usize = 64 * 1024;
+/// Messages published in one pipelined round trip.
+const PUBLISH_BATCH: usize = 256;
+
+/// One message for another node, as the publisher sends it.
+struct Outgoing {
+    channel: String,
+    payload: String,
+    /// Kept and sent again after a failure (a `partner_left`), rather than dropped.
+    retry: bool,
+}
+
+/// Publishes what the actor queued for other nodes, in order, as pipelines of up to
+/// [`PUBLISH_BATCH`] (one round trip each), so relaying to another node costs the actor
+/// no wait. Messages to retry wait while Redis is unreachable. Ends when the queue closes
+/// (the node stops), after one last attempt.
+async fn publisher_task(
+    mut con: ConnectionManager,
+    mut rx: mpsc::Receiver<Outgoing>,
+    health: Health,
+) {
+    let mut pending: std::collections::VecDeque<Outgoing> = std::collections::VecDeque::new();
+    let mut retry = tokio::time::interval(HEALTH_INTERVAL);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut open = true;
+    while open || !pending.is_empty() {
+        let mut batch: Vec<Outgoing> = Vec::new();
+        tokio::select! {
+            got = rx.recv(), if open => match got {
+                Some(first) => {
+                    batch.push(first);
+                    while batch.len() < PUBLISH_BATCH {
+                        match rx.try_recv() {
+                            Ok(o) => batch.push(o),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None => open = false,
+            },
+            _ = retry.tick() => {}
+        }
+        if health.ready.load(Relaxed) {
+            // Older messages first: what waited for Redis goes before what came after.
+            let mut all: Vec<Outgoing> = pending.drain(..).collect();
+            all.append(&mut batch);
+            batch = all;
+        }
+        if batch.is_empty() {
+            if !open {
+                // Closed, and Redis is unreachable: what waits is lost with this node.
+                return;
+            }
+            continue;
+        }
+        let sent = health.ready.load(Relaxed) && {
+            let mut pipe = redis::pipe();
+            for o in &batch {
+                pipe.cmd("PUBLISH").arg(&o.channel).arg(&o.payload).ignore();
+            }
+            matches!(
+                tokio::time::timeout(OP_TIMEOUT, pipe.query_async::<()>(&mut con)).await,
+                Ok(Ok(()))
+            )
+        };
+        if !sent {
+            if health.ready.swap(false, SeqCst) {
+                tracing::warn!("Redis unreachable (publishing to other nodes)");
+            }
+            for o in batch.into_iter().filter(|o| o.retry) {
+                if pending.len() >= PENDING_MAX {
+                    pending.pop_front();
+                }
+                pending.push_back(o);
+            }
+            if !open {
+                return;
+            }
+        }
+    }
+}
 
 /// Adds (or updates) a waiter and returns `{seq, HGETALL waiters}`; `{-1, {}}` when asked
 /// to update a waiter that is no longer there (another node paired it).
@@ -232,10 +315,10 @@ pub struct RedisCluster {
     push: Script,
     claim: Script,
     tick: Script,
-    /// `partner_left` messages that could not be published (Redis unreachable), oldest
-    /// first: sent again once Redis is back, so a partner on another node is not left in a
-    /// match with nobody.
-    pending: std::collections::VecDeque<(String, NodeMsg)>,
+    /// Relays and `partner_left` messages for other nodes, published in order by
+    /// [`publisher_task`] (pipelined: the actor never waits for them). `None` once shut down.
+    outgoing: Option<mpsc::Sender<Outgoing>>,
+    publisher: Option<tokio::task::JoinHandle<()>>,
     /// `ps:bans:v` at the last read of the shared bans, and the targets read then.
     bans_version: Option<i64>,
     bans_seen: HashSet<String>,
@@ -283,6 +366,8 @@ impl RedisCluster {
             health.ready.store(true, SeqCst);
         }
         let _ = tokio::time::timeout(Duration::from_secs(3), subscribed.wait_for(|s| *s)).await;
+        let (outgoing, outgoing_rx) = mpsc::channel(OUTGOING_MAX);
+        let publisher = tracker.spawn(publisher_task(con.clone(), outgoing_rx, health.clone()));
         tracker.spawn(health_task(
             con.clone(),
             subscribed,
@@ -308,7 +393,8 @@ impl RedisCluster {
             push: Script::new(PUSH_LUA),
             claim: Script::new(CLAIM_LUA),
             tick: Script::new(TICK_LUA),
-            pending: std::collections::VecDeque::new(),
+            outgoing: Some(outgoing),
+            publisher: Some(publisher),
             bans_version: None,
             bans_seen: HashSet::new(),
             stop,
@@ -794,14 +880,29 @@ impl Cluster for RedisCluster {
     }
 
     async fn send_to(&mut self, node: &str, msg: &NodeMsg) -> Result<(), Unavailable> {
-        let sent = self.publish(node, msg).await;
-        if sent.is_err() && matches!(msg, NodeMsg::PartnerLeft { .. }) {
-            if self.pending.len() >= PENDING_MAX {
-                self.pending.pop_front();
-            }
-            self.pending.push_back((node.to_owned(), msg.clone()));
+        let retry = match msg {
+            // Rare, and its sender must know at once whether it went (else the local side
+            // is told the match is off): one awaited PUBLISH.
+            NodeMsg::Matched { .. } => return self.publish(node, msg).await,
+            NodeMsg::Relay { .. } => false,
+            // Kept and sent again when Redis is back: a partner on another node must not
+            // stay in a match with nobody.
+            NodeMsg::PartnerLeft { .. } => true,
+        };
+        if !self.ready() && !retry {
+            return Err(Unavailable);
         }
-        sent
+        let ready = self.ready();
+        let payload = serde_json::to_string(msg).map_err(|_| Unavailable)?;
+        let out = Outgoing {
+            channel: format!("{CHANNEL_PREFIX}{node}"),
+            payload,
+            retry,
+        };
+        match self.outgoing.as_ref().map(|tx| tx.try_send(out)) {
+            Some(Ok(())) if ready => Ok(()),
+            _ => Err(Unavailable),
+        }
     }
 
     fn take_inbound(&mut self) -> Option<mpsc::Receiver<NodeMsg>> {
@@ -833,7 +934,6 @@ impl Cluster for RedisCluster {
         // this node yet, and another node's tick would take the re-written waiters for a
         // dead node's.
         self.resync().await;
-        self.flush_pending().await;
         let bans = if self.bans_version == Some(bans_version) {
             None
         } else {
@@ -903,6 +1003,12 @@ impl Cluster for RedisCluster {
     }
 
     async fn shutdown(&mut self) {
+        // What is queued for other nodes (the `partner_left` of this node's matches) goes
+        // out first: closing the queue ends the publisher once it is flushed.
+        self.outgoing = None;
+        if let Some(publisher) = self.publisher.take() {
+            let _ = tokio::time::timeout(OP_TIMEOUT * 2, publisher).await;
+        }
         let sessions: Vec<SessionId> = self.mine.keys().cloned().collect();
         let refs: Vec<&SessionId> = sessions.iter().collect();
         self.hdel(&refs).await;
@@ -1022,16 +1128,6 @@ impl RedisCluster {
             .await
             .map(|_| ())
             .ok_or(Unavailable)
-    }
-
-    /// Sends what could not be sent while Redis was unreachable.
-    async fn flush_pending(&mut self) {
-        while let Some((node, msg)) = self.pending.pop_front() {
-            if self.publish(&node, &msg).await.is_err() {
-                self.pending.push_front((node, msg));
-                return;
-            }
-        }
     }
 
     /// The shared bans (after `ps:bans:v` moved to `version`), and which were dropped
