@@ -214,7 +214,10 @@ async fn redis_outage_answers_unavailable_and_service_resumes() {
     d.join(&[]).await;
     let mc = c.expect_matched().await;
     let md = d.expect_matched().await;
-    assert_eq!(mc.match_id, md.match_id, "paired across nodes after the outage");
+    assert_eq!(
+        mc.match_id, md.match_id,
+        "paired across nodes after the outage"
+    );
     node_a.stop().await;
     node_b.stop().await;
 }
