@@ -164,6 +164,9 @@ async fn redis_outage_answers_unavailable_and_service_resumes() {
     let m = a.expect_matched().await;
     b.expect_matched().await;
     let mut c = node_a.named("c@A").await;
+    // And someone waiting on node A.
+    let mut w = node_a.named("w@A").await;
+    w.join(&[]).await;
 
     redis.stop();
     let mut unready = false;
@@ -208,14 +211,24 @@ async fn redis_outage_answers_unavailable_and_service_resumes() {
     b.chat(&m.match_id, "me too").await;
     assert_eq!(a.expect_type("chat").await["text"], "me too");
 
-    // New users pair across nodes again.
+    // The restarted Redis forgot the queue; node A wrote its waiter back: a newcomer on
+    // node B meets the one who waited through the outage.
     let mut d = node_b.named("d@B").await;
-    c.join(&[]).await;
     d.join(&[]).await;
-    let mc = c.expect_matched().await;
     let md = d.expect_matched().await;
+    let mw = w.expect_matched().await;
     assert_eq!(
-        mc.match_id, md.match_id,
+        md.match_id, mw.match_id,
+        "the waiter kept its place through the restart"
+    );
+    // And new users pair across nodes again.
+    let mut e = node_b.named("e@B").await;
+    c.join(&[]).await;
+    e.join(&[]).await;
+    let mc = c.expect_matched().await;
+    let me = e.expect_matched().await;
+    assert_eq!(
+        mc.match_id, me.match_id,
         "paired across nodes after the outage"
     );
     node_a.stop().await;
