@@ -27,7 +27,7 @@ mod lab;
 
 use common::cdp::{Chromium, Media};
 use common::proxy::Proxy;
-use lab::{nft, Impairment, Lab};
+use lab::{Impairment, Lab};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -119,7 +119,10 @@ impl BrowserInLab {
             .args(["netns", "exec", &lab.a])
             .arg(std::env::current_exe().unwrap())
             .args(["--ignored", "--exact", "lab_browser_process", "--nocapture"])
-            .env(BROWSER_ENV, format!("{}:{}", lab::ROUTER_IP, lab::SERVER_PORT))
+            .env(
+                BROWSER_ENV,
+                format!("{}:{}", lab::ROUTER_IP, lab::SERVER_PORT),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path).unwrap())
@@ -159,7 +162,10 @@ impl BrowserInLab {
                 }
             }
             let left = limit.saturating_sub(start.elapsed());
-            match self.lines.recv_timeout(left.min(Duration::from_millis(500))) {
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(500)))
+            {
                 Ok(line) => {
                     if line == LIVE {
                         self.live = true;
@@ -202,25 +208,6 @@ impl Drop for BrowserInLab {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A's network vanishes for UDP (its own table `cut`, beside the lab's `lab`).
-fn cut_a(lab: &Lab) {
-    nft(
-        &lab.router,
-        "table inet cut {\n chain pre { type filter hook prerouting priority -200; policy accept; \
-         iifname \"ra\" meta l4proto udp drop; }\n}\n",
-    );
-    nft(
-        &lab.a,
-        "table inet cut {\n chain pre { type filter hook prerouting priority -200; policy accept; \
-         iifname \"eth0\" meta l4proto udp drop; }\n}\n",
-    );
-}
-
-fn restore_a(lab: &Lab) {
-    nft(&lab.router, "delete table inet cut\n");
-    nft(&lab.a, "delete table inet cut\n");
 }
 
 fn system(v: &Value) -> Vec<String> {
@@ -279,7 +266,7 @@ async fn the_page_reconnects_when_its_network_comes_back() {
             v["state"] == "chatting" && v["frames"].as_u64().unwrap_or(0) > 30
         });
         let match_id = live["matchId"].clone();
-        cut_a(&lab);
+        lab.cut_udp_of_a();
         let cut_at = Instant::now();
         browser.wait("the reconnecting status", Duration::from_secs(20), |v| {
             v["status"] == RECONNECTING && system(v).iter().any(|l| l == RECONNECTING)
@@ -289,7 +276,7 @@ async fn the_page_reconnects_when_its_network_comes_back() {
             cut_at.elapsed().as_secs_f64()
         );
         std::thread::sleep(Duration::from_secs(8).saturating_sub(cut_at.elapsed()));
-        restore_a(&lab);
+        lab.restore_udp_of_a();
         let restored = Instant::now();
         let back = browser.wait("the call to come back", Duration::from_secs(20), |v| {
             system(v).iter().any(|l| l == RECONNECTED)
@@ -338,7 +325,7 @@ async fn the_page_gives_up_on_a_network_that_stays_gone() {
             v["state"] == "chatting" && v["frames"].as_u64().unwrap_or(0) > 30
         });
         let first_match = live["matchId"].clone();
-        cut_a(&lab);
+        lab.cut_udp_of_a();
         let cut_at = Instant::now();
         // Noticed in ~2.5 s, then 10 s of waiting and 10 s of the relay-only retry
         // (coturn is out of A's reach too, so it cannot help).
@@ -364,7 +351,9 @@ async fn the_page_gives_up_on_a_network_that_stays_gone() {
             "ended as a lost connection: {lines:?}"
         );
         assert!(
-            !lines.iter().any(|l| l == "Stranger skipped to someone new."),
+            !lines
+                .iter()
+                .any(|l| l == "Stranger skipped to someone new."),
             "{lines:?}"
         );
         drop(browser);

@@ -19,7 +19,7 @@
 
 mod lab;
 
-use lab::{nft, Impairment, Lab};
+use lab::{Impairment, Lab};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -35,26 +35,6 @@ const FPS: u64 = 30;
 #[ignore = "helper process of the network lab, started by Lab::new"]
 async fn lab_server_process() {
     lab::server_helper().await;
-}
-
-/// A's network vanishes for UDP (its own table `cut`, beside the lab's `lab`).
-fn cut_a(lab: &Lab) {
-    nft(
-        &lab.router,
-        "table inet cut {\n chain pre { type filter hook prerouting priority -200; policy accept; \
-         iifname \"ra\" meta l4proto udp drop; }\n}\n",
-    );
-    nft(
-        &lab.a,
-        "table inet cut {\n chain pre { type filter hook prerouting priority -200; policy accept; \
-         iifname \"eth0\" meta l4proto udp drop; }\n}\n",
-    );
-}
-
-/// A's network is back.
-fn restore_a(lab: &Lab) {
-    nft(&lab.router, "delete table inet cut\n");
-    nft(&lab.a, "delete table inet cut\n");
 }
 
 fn u(v: &Value, key: &str) -> u64 {
@@ -116,9 +96,9 @@ async fn a_five_second_cut_keeps_the_same_call() {
     // 0–8 s: the call; 8–13 s: A's network is gone; 13–28 s: back.
     let (_lab, a, b) = call(lab, 28, |lab| {
         std::thread::sleep(Duration::from_secs(8));
-        cut_a(lab);
+        lab.cut_udp_of_a();
         std::thread::sleep(Duration::from_secs(5));
-        restore_a(lab);
+        lab.restore_udp_of_a();
     })
     .await;
     let ctx = || context(&a, &b);
@@ -170,7 +150,7 @@ async fn a_cut_that_never_ends_ends_the_match_and_both_search_again() {
     // meet again and that call cannot connect either.
     let (_lab, a, b) = call(lab, 46, |lab| {
         std::thread::sleep(Duration::from_secs(6));
-        cut_a(lab);
+        lab.cut_udp_of_a();
     })
     .await;
     let ctx = || context(&a, &b);

@@ -37,8 +37,7 @@ impl Proxy {
                     accepted.fetch_add(1, Relaxed);
                     let cut = generation.lock().unwrap().clone();
                     tokio::spawn(async move {
-                        let Ok(mut outbound) = TcpStream::connect(upstream).await
-                        else {
+                        let Ok(mut outbound) = TcpStream::connect(upstream).await else {
                             return;
                         };
                         // On a cut both sockets are dropped: each side sees its TCP

@@ -809,3 +809,28 @@ pub fn summary(mut peer: Peer, limit: Duration) -> (serde_json::Value, String) {
         .unwrap_or_else(|e| panic!("bad summary {line:?}: {e}\nstderr:\n{stderr}"));
     (v, stderr)
 }
+
+impl Lab {
+    /// A's network vanishes for UDP: every UDP packet from A is dropped on the router's
+    /// input and every UDP packet to A on A's input, in tables `cut` of their own beside
+    /// the lab's (the signaling WebSocket is TCP and stays up; coturn is out of A's
+    /// reach too, so no relay path can replace the direct one).
+    pub fn cut_udp_of_a(&self) {
+        nft(
+            &self.router,
+            "table inet cut {\n chain pre { type filter hook prerouting priority -200; policy accept; \
+             iifname \"ra\" meta l4proto udp drop; }\n}\n",
+        );
+        nft(
+            &self.a,
+            "table inet cut {\n chain pre { type filter hook prerouting priority -200; policy accept; \
+             iifname \"eth0\" meta l4proto udp drop; }\n}\n",
+        );
+    }
+
+    /// A's network is back (undoes [`Lab::cut_udp_of_a`]).
+    pub fn restore_udp_of_a(&self) {
+        nft(&self.router, "delete table inet cut\n");
+        nft(&self.a, "delete table inet cut\n");
+    }
+}
