@@ -15,6 +15,7 @@
 //! for A too, so no relay path can replace the direct one). Needs root, iproute2,
 //! nftables and coturn: skipped with a message otherwise, failing under `CI=true`.
 
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod lab;

@@ -16,6 +16,7 @@
 //! BENCHMARKS.md "Real networks (#8)":
 //! `cargo test -p peer-stream --test netlab -- --ignored --nocapture bench_real_networks`.
 
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod lab;

@@ -14,6 +14,7 @@
 //! Needs root, iproute2, nftables and coturn: skipped with a message otherwise,
 //! failing under `CI=true`.
 
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod lab;

@@ -9,6 +9,7 @@
 //! test reads them from the peers' logs. Needs root, iproute2, nftables and coturn:
 //! skipped with a message otherwise, failing under `CI=true`.
 
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod lab;

@@ -169,6 +169,23 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The defaults of every flag without reading any `PEER_STREAM_*` variable: for a
+    /// server embedded in another program (the desktop app's built-in server), which
+    /// must not pick up settings meant for a standalone server on the same machine —
+    /// above all `PEER_STREAM_REDIS`, which would make it join that cluster.
+    pub fn defaults_ignoring_env() -> Config {
+        use clap::{CommandFactory, FromArgMatches};
+        let cmd = Config::command().mut_args(|arg| arg.env(None::<&str>));
+        cmd.try_get_matches_from(["peer-stream-server"])
+            .ok()
+            .and_then(|m| Config::from_arg_matches(&m).ok())
+            // Unreachable (no argument can be wrong), but never a cluster either way.
+            .unwrap_or_else(|| Config {
+                redis: None,
+                ..Config::default()
+            })
+    }
+
     pub fn interest_fallback(&self) -> Duration {
         Duration::from_millis(self.interest_fallback_ms)
     }

@@ -42,7 +42,8 @@ impl EmbeddedServer {
         let config = Config {
             listen: addr,
             db_path,
-            ..Config::default()
+            // Never a standalone server's settings (`PEER_STREAM_*`), e.g. its --redis.
+            ..Config::defaults_ignoring_env()
         };
         let token = CancellationToken::new();
         runtime.spawn({
