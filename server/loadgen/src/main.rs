@@ -634,7 +634,9 @@ fn spawn_server(
 
 async fn setup_server(common: &Common, nproc: usize) -> Result<ServerSide> {
     let redis = if common.spawn_redis {
-        let side = RedisSide::spawn(free_port()?)?;
+        // On the servers' CPU: Redis is part of the service under test, not of the generator.
+        let cpu = (!common.no_pin && nproc >= 2).then_some(common.server_cpu);
+        let side = RedisSide::spawn(free_port()?, cpu)?;
         progress(format!("started redis-server at {}", side.url));
         Some(side)
     } else {
@@ -1533,7 +1535,13 @@ async fn run_scenario(scenario: Scenario, nproc: usize, self_pinned: bool) -> Re
         match (server.nodes.len(), &server.redis) {
             (1, None) => String::new(),
             (n, None) => format!(" and {} more node(s)", n - 1),
-            (n, Some(r)) => format!(" and {} more node(s), Redis {}", n - 1, r.url),
+            (n, Some(r)) => format!(
+                " and {} more node(s), Redis {}{}",
+                n - 1,
+                r.url,
+                r.pinned_cpu
+                    .map_or(String::new(), |c| format!(" (pinned to CPU {c})"))
+            ),
         },
         if spawned { "spawned" } else { "external" },
         server

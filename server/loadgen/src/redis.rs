@@ -28,6 +28,8 @@ pub struct RedisSide {
     pub url: String,
     /// Set when the generator started it; the process is killed on drop.
     spawned: Option<SpawnedRedis>,
+    /// The CPU a spawned Redis is pinned to.
+    pub pinned_cpu: Option<u32>,
 }
 
 struct SpawnedRedis {
@@ -52,6 +54,7 @@ impl RedisSide {
             addr,
             url: url.to_string(),
             spawned: None,
+            pinned_cpu: None,
         };
         side.command_calls()
             .with_context(|| format!("reading INFO commandstats from {url}"))?;
@@ -59,8 +62,13 @@ impl RedisSide {
     }
 
     /// Starts `redis-server` on a free loopback port, without persistence, in a temporary
-    /// directory; it stops when the returned value is dropped.
-    pub fn spawn(port: u16) -> Result<RedisSide> {
+    /// directory, pinned to `cpu` when given (with `taskset`); it stops when the returned
+    /// value is dropped.
+    ///
+    /// Pinned explicitly: started by a generator that already pinned itself, it would
+    /// otherwise inherit the generator's CPU and compete there with its busy-polling pacer
+    /// (which made cross-node relays wait for a time slice: tens of ms at p99).
+    pub fn spawn(port: u16, cpu: Option<u32>) -> Result<RedisSide> {
         let bin = super::find_in_path("redis-server")
             .ok_or_else(|| anyhow!("redis-server not found (Debian package redis-server)"))?;
         let dir = std::env::temp_dir().join(format!(
@@ -68,7 +76,16 @@ impl RedisSide {
             std::process::id()
         ));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let child = Command::new(&bin)
+        let taskset = cpu.and_then(|c| super::find_in_path("taskset").map(|t| (t, c)));
+        let mut command = match &taskset {
+            Some((taskset, cpu)) => {
+                let mut c = Command::new(taskset);
+                c.arg("-c").arg(cpu.to_string()).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
@@ -83,6 +100,7 @@ impl RedisSide {
             addr,
             url: format!("redis://{addr}"),
             spawned: Some(SpawnedRedis { child, dir }),
+            pinned_cpu: taskset.map(|(_, cpu)| cpu),
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
