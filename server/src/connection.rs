@@ -91,7 +91,8 @@ pub async fn serve<S>(
     if let Some(session) = s.id.take() {
         let conn = s.conn;
         let cmd = match end {
-            End::Lost => Command::Detach {
+            // A stopping cluster node (1012) keeps the session for a resume on another node.
+            End::Lost | End::Close(CloseCode::Restart, _) => Command::Detach {
                 session,
                 conn,
                 outbox,

@@ -108,6 +108,7 @@ pub async fn run(
         Arc::clone(&metrics),
         moderation.clone(),
         config.resume_window(),
+        drain_time(&config),
         token.clone(),
         &tracker,
     );
@@ -181,4 +182,17 @@ pub async fn run(
     }
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// How long a stopping cluster node keeps handing its sessions over to the nodes their
+/// clients reconnect to: the shutdown grace less a second (for the last `partner_left`
+/// messages), at most the resume window. A single node has nobody to hand them to.
+fn drain_time(config: &Config) -> Duration {
+    if config.redis.is_none() {
+        return Duration::ZERO;
+    }
+    config
+        .shutdown_grace()
+        .saturating_sub(Duration::from_secs(1))
+        .min(config.resume_window())
 }

@@ -68,6 +68,8 @@ pub struct Metrics {
     pub sessions_detached: AtomicI64,
     /// `hello` with a valid `resume` token: the session came back.
     pub sessions_resumed_total: AtomicU64,
+    /// Sessions this node handed over to another node of the cluster (resumed there).
+    pub sessions_handed_over_total: AtomicU64,
     /// Detached sessions whose resume window ran out (ended like a disconnect).
     pub resume_expired_total: AtomicU64,
     undo: [AtomicU64; UndoResult::ALL.len()],
@@ -224,6 +226,12 @@ impl Metrics {
             "peer_stream_sessions_resumed_total",
             "Sessions brought back by hello with a valid resume token.",
             self.sessions_resumed_total.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "peer_stream_sessions_handed_over_total",
+            "Sessions handed over to another cluster node, where their client resumed them.",
+            self.sessions_handed_over_total.load(Relaxed),
         );
         counter(
             &mut o,

@@ -9,13 +9,9 @@ mod common;
 mod redis_support;
 
 use common::*;
-use redis_support::RedisServer;
+use redis_support::{ProcessNode, RedisServer};
 use serde_json::json;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-const BIN: &str = env!("CARGO_BIN_EXE_peer-stream-server");
 
 /// A node's liveness key lives 10 s; its death is seen at the next tick (1 s) after that.
 /// Generous on a busy machine.
@@ -24,66 +20,10 @@ const DEATH_NOTICED: Duration = Duration::from_secs(30);
 fn node_config(redis: &RedisServer) -> peer_stream_server::Config {
     let mut cfg = test_config();
     cfg.redis = Some(redis.url());
+    // A partner of a dead node's session waits a resume window past the node's death
+    // (the session may resume elsewhere): a short one keeps the test quick.
+    cfg.resume_window_secs = 5;
     cfg
-}
-
-/// The server binary as a node of `redis`'s cluster, killed (by its pid) when dropped.
-struct ProcessNode {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl ProcessNode {
-    async fn start(redis: &RedisServer) -> ProcessNode {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let child = Command::new(BIN)
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--redis")
-            .arg(redis.url())
-            .arg("--db")
-            .arg(dir.path().join("node.sqlite3"))
-            .args(["--max-conns-per-ip", "0", "--log", "warn"])
-            .env_remove("PEER_STREAM_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the server binary");
-        let node = ProcessNode {
-            child,
-            addr,
-            _dir: dir,
-        };
-        eventually(RECV_TIMEOUT, "the node process listens", || async {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
-        .await;
-        node
-    }
-
-    async fn client(&self, label: &str) -> TestClient {
-        let mut c = TestClient::connect(self.addr).await.label(label);
-        c.hello().await;
-        c
-    }
-
-    /// SIGKILL: no goodbye to Redis or to anyone.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ProcessNode {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 #[tokio::test]

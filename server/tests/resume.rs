@@ -20,77 +20,6 @@ fn resume_config(window_secs: u64) -> peer_stream_server::Config {
     cfg
 }
 
-/// A session as the client sees it: its id and its latest resume token.
-#[derive(Clone, Debug)]
-struct Ticket {
-    session_id: String,
-    token: String,
-}
-
-/// Sends `hello` (with `resume` when given) and returns the whole `welcome`.
-async fn hello_with(c: &mut TestClient, resume: Option<&str>) -> Value {
-    let mut hello = hello_msg();
-    if let Some(token) = resume {
-        hello["resume"] = json!(token);
-    }
-    c.send_json(&hello).await;
-    c.expect_type("welcome").await
-}
-
-fn ticket(label: &str, w: &Value) -> Ticket {
-    let session_id = w["session_id"].as_str().unwrap().to_owned();
-    let token = w["resume_token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("[{label}] welcome without resume_token: {w}"))
-        .to_owned();
-    // 128 random bits, hex: unguessable and inside the 64-character id bound.
-    assert!(
-        token.len() >= 32 && token.chars().all(|c| c.is_ascii_hexdigit()),
-        "[{label}] resume_token should be at least 128 random bits in hex: {w}"
-    );
-    Ticket { session_id, token }
-}
-
-/// A new client that said hello; returns it with its ticket.
-async fn connect(server: &TestServer, label: &str) -> (TestClient, Ticket) {
-    let mut c = TestClient::connect(server.addr).await.label(label);
-    let w = hello_with(&mut c, None).await;
-    assert!(w.get("resumed").is_none(), "[{label}] a new session: {w}");
-    let t = ticket(label, &w);
-    c.session_id = Some(t.session_id.clone());
-    (c, t)
-}
-
-/// Reconnects with `hello` + `resume`; the session must come back: same session id,
-/// `resumed: true`, a fresh token. Returns the client and its new ticket.
-async fn resume(server: &TestServer, label: &str, old: &Ticket) -> (TestClient, Ticket) {
-    let mut c = TestClient::connect(server.addr).await.label(label);
-    let w = hello_with(&mut c, Some(&old.token)).await;
-    assert_eq!(
-        w["resumed"], true,
-        "[{label}] expected a resumed session: {w}"
-    );
-    let t = ticket(label, &w);
-    assert_eq!(t.session_id, old.session_id, "[{label}] same session: {w}");
-    assert_ne!(
-        t.token, old.token,
-        "[{label}] every welcome brings a new token"
-    );
-    (c, t)
-}
-
-/// Reconnects with `hello` + `resume` and expects a new session instead.
-async fn resume_refused(server: &TestServer, label: &str, token: &str) -> (TestClient, Ticket) {
-    let mut c = TestClient::connect(server.addr).await.label(label);
-    let w = hello_with(&mut c, Some(token)).await;
-    assert!(
-        w.get("resumed").is_none(),
-        "[{label}] the token should not resume anything: {w}"
-    );
-    let t = ticket(label, &w);
-    (c, t)
-}
-
 /// The connection is lost without a close frame: the socket is dropped (the kernel
 /// sends FIN), as when a client crashes.
 fn lose(c: TestClient<TcpStream>) {
@@ -117,8 +46,8 @@ async fn detached(server: &TestServer, n: f64) {
 
 /// Two clients matched with each other (a joined first); their tickets and the match.
 async fn pair(server: &TestServer) -> (TestClient, Ticket, TestClient, Ticket, Matched) {
-    let (mut a, ta) = connect(server, "a").await;
-    let (mut b, tb) = connect(server, "b").await;
+    let (mut a, ta) = connect_ticket(server, "a").await;
+    let (mut b, tb) = connect_ticket(server, "b").await;
     let m = pair_up(&mut a, &mut b, &[]).await;
     (a, ta, b, tb, m)
 }
@@ -129,7 +58,7 @@ async fn resume_within_the_window_keeps_the_match_and_the_partner_hears_nothing(
     let (a, ta, mut b, _tb, m) = pair(&server).await;
     lose(a);
     detached(&server, 1.0).await;
-    let (mut a, _) = resume(&server, "a2", &ta).await;
+    let (mut a, _) = resume_session(&server, "a2", &ta).await;
     // Nothing follows the welcome (no match was touched), and the partner hears nothing,
     // not even after the window would have ended.
     a.expect_no_message(Duration::from_millis(300)).await;
@@ -184,7 +113,7 @@ async fn what_the_partner_sends_meanwhile_is_delivered_after_the_resume() {
     // Held, not refused: the sender gets no error.
     b.expect_no_message(Duration::from_millis(300)).await;
 
-    let (mut a, _) = resume(&server, "a2", &ta).await;
+    let (mut a, _) = resume_session(&server, "a2", &ta).await;
     let got: Vec<Value> = [
         a.recv_json().await,
         a.recv_json().await,
@@ -267,7 +196,7 @@ async fn a_token_is_single_use() {
     let (a, t1, mut b, _tb, m) = pair(&server).await;
     lose(a);
     detached(&server, 1.0).await;
-    let (a, t2) = resume(&server, "a2", &t1).await;
+    let (a, t2) = resume_session(&server, "a2", &t1).await;
     lose(a);
     detached(&server, 1.0).await;
     // The used token starts a new session and leaves the detached one alone…
@@ -275,7 +204,7 @@ async fn a_token_is_single_use() {
     assert_ne!(tc.session_id, t1.session_id);
     c.close().await;
     // … which the newest token still brings back.
-    let (mut a, t3) = resume(&server, "a3", &t2).await;
+    let (mut a, t3) = resume_session(&server, "a3", &t2).await;
     b.chat(&m.match_id, "still here").await;
     assert_eq!(a.expect_type("chat").await["text"], "still here");
     b.expect_no_message(Duration::from_millis(300)).await;
@@ -295,19 +224,19 @@ async fn a_waiting_user_keeps_its_place_in_the_queue() {
     // Nobody falls back to "anyone" during the test: only shared interests pair.
     cfg.interest_fallback_ms = 60_000;
     let server = spawn_server(cfg).await;
-    let (mut a, ta) = connect(&server, "a").await;
+    let (mut a, ta) = connect_ticket(&server, "a").await;
     a.join(&["cats"]).await;
-    let (mut b, _) = connect(&server, "b").await;
+    let (mut b, _) = connect_ticket(&server, "b").await;
     b.join(&["dogs"]).await;
     lose(a);
     detached(&server, 1.0).await;
     // Away: out of the queue's count, and nobody is paired with it.
     assert_eq!(metric(&server, "peer_stream_waiting").await, 1.0);
-    let (mut c, _) = connect(&server, "c").await;
+    let (mut c, _) = connect_ticket(&server, "c").await;
     c.join(&["cats"]).await;
     c.expect_no_message(Duration::from_millis(500)).await;
     // Back: paired at once with the cat person who came while it was away.
-    let (mut a, _) = resume(&server, "a2", &ta).await;
+    let (mut a, _) = resume_session(&server, "a2", &ta).await;
     let ma = a.expect_matched().await;
     let mc = c.expect_matched().await;
     assert_eq!(ma.match_id, mc.match_id);
@@ -320,17 +249,17 @@ async fn a_resumed_waiter_is_still_ahead_of_those_who_came_later() {
     let mut cfg = resume_config(5);
     cfg.interest_fallback_ms = 60_000;
     let server = spawn_server(cfg).await;
-    let (mut a, ta) = connect(&server, "a").await;
+    let (mut a, ta) = connect_ticket(&server, "a").await;
     a.join(&["cats"]).await;
-    let (mut b, _) = connect(&server, "b").await;
+    let (mut b, _) = connect_ticket(&server, "b").await;
     b.join(&["dogs"]).await;
     lose(a);
     detached(&server, 1.0).await;
-    let (mut a, _) = resume(&server, "a2", &ta).await;
+    let (mut a, _) = resume_session(&server, "a2", &ta).await;
     a.expect_no_message(Duration::from_millis(300)).await;
     assert_eq!(metric(&server, "peer_stream_waiting").await, 2.0);
     // Someone who likes both takes the longest waiter sharing one: a, not b.
-    let (mut d, _) = connect(&server, "d").await;
+    let (mut d, _) = connect_ticket(&server, "d").await;
     d.join(&["dogs", "cats"]).await;
     let md = d.expect_matched().await;
     let ma = a.expect_matched().await;
@@ -392,7 +321,7 @@ async fn the_backlog_holds_at_most_128_relayed_messages() {
         assert!(msg.contains("128") && msg.contains("not delivered"), "{e}");
     }
     b.expect_no_message(Duration::from_millis(300)).await;
-    let (mut a, _) = resume(&server, "a2", &ta).await;
+    let (mut a, _) = resume_session(&server, "a2", &ta).await;
     for i in 0..128 {
         let chat = a.expect_type("chat").await;
         assert_eq!(chat["text"], format!("m{i}"), "in order");
@@ -421,7 +350,7 @@ async fn the_backlog_holds_at_most_one_mebibyte() {
     let e = b.expect_error("rate_limited").await;
     assert!(e["message"].as_str().unwrap().contains("1024 KiB"), "{e}");
     b.expect_no_message(Duration::from_millis(300)).await;
-    let (mut a, _) = resume(&server, "a2", &ta).await;
+    let (mut a, _) = resume_session(&server, "a2", &ta).await;
     for i in 0..16 {
         let s = a.expect_type("signal").await;
         assert_eq!(s["payload"]["n"], i);
@@ -435,7 +364,7 @@ async fn resuming_while_the_old_connection_looks_alive_takes_it_over() {
     // timeout): its resume replaces the old connection, which the server drops.
     let server = spawn_server(resume_config(5)).await;
     let (mut a1, ta, mut b, _tb, m) = pair(&server).await;
-    let (mut a2, _) = resume(&server, "a2", &ta).await;
+    let (mut a2, _) = resume_session(&server, "a2", &ta).await;
     let closed = a1.recv_until_close(RECV_TIMEOUT).await;
     assert!(closed.messages.is_empty(), "{closed:?}");
     b.expect_no_message(Duration::from_millis(500)).await;
@@ -475,7 +404,7 @@ async fn a_heartbeat_timeout_waits_for_the_window_too() {
         metric(&server, "peer_stream_heartbeat_timeouts_total").await,
         1.0
     );
-    let (mut a2, _) = resume(&server, "a2", &ta).await;
+    let (mut a2, _) = resume_session(&server, "a2", &ta).await;
     drop(a);
     // Both keep reading (short heartbeat here); nobody hears anything past the window.
     tokio::join!(
@@ -494,7 +423,7 @@ async fn a_detached_session_whose_address_is_banned_ends_and_cannot_come_back() 
     let server = spawn_server(cfg).await;
     let mut x = TestClient::connect_from(server.addr, X_IP).await.label("x");
     let tx = ticket("x", &hello_with(&mut x, None).await);
-    let (mut r, _) = connect(&server, "reporter").await;
+    let (mut r, _) = connect_ticket(&server, "reporter").await;
     let m = pair_up(&mut x, &mut r, &[]).await;
     lose(x);
     detached(&server, 1.0).await;

@@ -7,6 +7,7 @@
 //! outbox is full is a slow reader and gets disconnected instead of growing memory.
 
 pub mod cluster;
+pub mod handover;
 pub mod queue;
 
 use crate::ice::IceConfig;
@@ -15,12 +16,13 @@ use crate::moderation::{BanTarget, Moderation, Report, SharedBan};
 use cluster::local::LocalCluster;
 use cluster::redis::RedisCluster;
 use cluster::{Cluster, NodeMsg, Paired, RemoteSide, Tick};
+use handover::PendingResume;
 use peer_stream_shared::{
     CallPath, ErrorCode, MatchId, NextReason, PartnerLeftReason, Role, ServerMessage, SessionId,
 };
 use queue::{Pair, Parked};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -37,9 +39,11 @@ const REPORTABLE_MATCHES: usize = 2;
 /// How long after its own `next` a session may send `undo_next` (PROTOCOL.md).
 pub const UNDO_WINDOW: Duration = Duration::from_secs(5);
 
-/// A node absent from the cluster's liveness list this long (after its key expired) is
-/// dead: its sessions' partners here get `partner_left` `disconnected`. Longer than it
-/// takes every node to write its key again after a Redis restart.
+/// A node absent from the cluster's liveness list this long (after its key expired), or
+/// the resume window if that is longer (its sessions may resume on other nodes from their
+/// records meanwhile), is dead: its sessions' partners here get `partner_left`
+/// `disconnected`. Longer than it takes every node to write its key again after a Redis
+/// restart.
 const DEAD_NODE_GRACE: Duration = Duration::from_secs(5);
 
 /// A `counts` subscriber gets at most one `counts` message per this interval.
@@ -240,6 +244,9 @@ struct Conn {
     /// The current (or last) match and the one before it, newest first, so a partner
     /// can still be reported after a skip that led straight into a new match.
     recent_matches: VecDeque<PastMatch>,
+    /// The token under which this session's resume record is stored in the cluster, if
+    /// one is (see `handover.rs`).
+    saved: Option<String>,
 }
 
 struct Match {
@@ -291,6 +298,24 @@ pub struct Matchmaker<C: Cluster> {
     /// Nodes serving partners of this node's sessions that the last ticks did not see
     /// alive, since when.
     absent: HashMap<String, Instant>,
+    /// The nodes the last cluster tick saw alive (`None`: no cluster, or not known yet).
+    alive_nodes: Option<HashSet<String>>,
+    /// `hello`s with another node's token, by request id, waiting for its handover…
+    pending: HashMap<String, PendingResume>,
+    /// … in the order they were asked (so, of their deadlines).
+    pending_order: VecDeque<String>,
+    /// Sessions handed over to another node → that node, until the resume window ends:
+    /// what other nodes still send here for them is forwarded.
+    moved: HashMap<SessionId, (String, Instant)>,
+    /// On shutdown, how long a cluster node keeps handing its sessions over to the nodes
+    /// their clients reconnect to (zero: it stops at once).
+    drain: Duration,
+    /// A cluster node with resuming on keeps resume records (`handover.rs`)…
+    keep_records: bool,
+    /// … of these sessions, changed since the last tick wrote them…
+    dirty: HashSet<SessionId>,
+    /// … and deletes these (tokens of sessions that ended, moved or got a new token).
+    stale_records: Vec<String>,
 }
 
 /// Starts the matchmaker task; it stops when `shutdown` is cancelled.
@@ -302,6 +327,7 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     moderation: Moderation,
     resume_window: Duration,
+    drain: Duration,
     shutdown: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> MatchmakerHandle {
@@ -310,11 +336,15 @@ pub fn spawn(
     // nothing extra, and each one's future is checked `Send` as it is.
     match backend {
         Backend::Local(c) => {
-            let mm = Matchmaker::new(c, ice, metrics, moderation, resume_window, tx.clone());
+            let mut mm = Matchmaker::new(c, ice, metrics, moderation, resume_window, tx.clone());
+            mm.drain = drain;
+            mm.keep_records = mm.is_cluster() && !resume_window.is_zero();
             tracker.spawn(mm.run(rx, shutdown));
         }
         Backend::Redis(c) => {
-            let mm = Matchmaker::new(c, ice, metrics, moderation, resume_window, tx.clone());
+            let mut mm = Matchmaker::new(c, ice, metrics, moderation, resume_window, tx.clone());
+            mm.drain = drain;
+            mm.keep_records = mm.is_cluster() && !resume_window.is_zero();
             tracker.spawn(mm.run(rx, shutdown));
         }
     }
@@ -345,6 +375,14 @@ impl<C: Cluster> Matchmaker<C> {
             tokens: HashMap::new(),
             expiries: BinaryHeap::new(),
             absent: HashMap::new(),
+            alive_nodes: None,
+            pending: HashMap::new(),
+            pending_order: VecDeque::new(),
+            moved: HashMap::new(),
+            drain: Duration::ZERO,
+            keep_records: false,
+            dirty: HashSet::new(),
+            stale_records: Vec::new(),
         }
     }
 }
@@ -368,14 +406,28 @@ impl<C: Cluster> Matchmaker<C> {
         let mut seen_version = None;
         let mut counts_tick = tokio::time::interval(COUNTS_INTERVAL);
         counts_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Set when a cluster node stops: its connections close with 1012 and their
+        // sessions wait (detached) for their clients to resume on other nodes, which ask
+        // this one to hand them over, until every session is gone or this moment.
+        let mut draining: Option<Instant> = None;
         loop {
+            if draining.is_some() && self.conns.is_empty() && self.pending.is_empty() {
+                break;
+            }
             if seen_version != Some(self.cluster.version()) {
                 seen_version = Some(self.cluster.version());
                 deadline = self.cluster.next_deadline(Instant::now());
             }
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled(), if draining.is_none() => {
+                    if self.drain.is_zero() || self.conns.is_empty() {
+                        break;
+                    }
+                    tracing::info!(sessions = self.conns.len(), drain = ?self.drain, "draining: handing sessions over to other nodes");
+                    draining = Some(Instant::now() + self.drain);
+                }
+                _ = sleep_until_opt(draining) => break,
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => self.handle(cmd).await,
                     None => break,
@@ -389,9 +441,13 @@ impl<C: Cluster> Matchmaker<C> {
                 _ = sleep_until_opt(self.expiries.peek().map(|Reverse((at, _))| *at)) => {
                     self.expire(Instant::now()).await;
                 }
+                _ = sleep_until_opt(self.next_pending_deadline()) => {
+                    self.expire_pending(Instant::now()).await;
+                }
                 at = counts_tick.tick() => {
                     let tick = self.cluster.tick(self.conns.len() as u64).await;
                     self.on_tick(tick).await;
+                    self.save_records().await;
                     self.send_counts(at.into_std());
                 }
             }
@@ -415,6 +471,15 @@ impl<C: Cluster> Matchmaker<C> {
             };
             let _ = self.cluster.send_to(&node, &msg).await;
         }
+        // Sessions left here end with the node: nobody may resume them from a record.
+        let saved: Vec<String> = self
+            .conns
+            .values_mut()
+            .filter_map(|c| c.saved.take())
+            .collect();
+        self.dirty.clear();
+        self.stale_records.extend(saved);
+        self.save_records().await;
         self.cluster.shutdown().await;
         tracing::debug!("matchmaker stopped");
     }
@@ -432,9 +497,29 @@ impl<C: Cluster> Matchmaker<C> {
                 resume,
             } => {
                 let link = Link::Live { outbox, kick, conn };
-                let fresh = match resume.and_then(|token| self.tokens.remove(&token)) {
-                    Some(old) => self.resume(old, ip, link, counts, reply).await,
-                    None => Some((link, reply)),
+                let (token, old) = match resume {
+                    Some(token) => {
+                        let old = self.tokens.remove(&token);
+                        (Some(token), old)
+                    }
+                    None => (None, None),
+                };
+                let fresh = match (old, token) {
+                    (Some(old), _) => self.resume(old, ip, link, counts, reply).await,
+                    // Maybe another node's session: that node hands it over.
+                    (None, Some(token)) => {
+                        let pending = PendingResume {
+                            session: session.clone(),
+                            ip,
+                            link,
+                            counts,
+                            reply,
+                            until: Instant::now() + handover::HANDOVER_TIMEOUT,
+                            token,
+                        };
+                        self.ask_handover(pending).await.map(|p| (p.link, p.reply))
+                    }
+                    (None, None) => Some((link, reply)),
                 };
                 if let Some((link, reply)) = fresh {
                     self.register(session, ip, link, counts, reply).await;
@@ -548,11 +633,15 @@ impl<C: Cluster> Matchmaker<C> {
                 undo: None,
                 stopped: false,
                 counts: None,
+                saved: None,
             },
         );
         self.metrics
             .sessions
             .store(self.conns.len() as i64, Relaxed);
+        if self.keep_records && resume_token.is_some() {
+            self.dirty.insert(session.clone());
+        }
         let _ = reply.send(Registered {
             session: session.clone(),
             online: numbers.0,
@@ -608,6 +697,9 @@ impl<C: Cluster> Matchmaker<C> {
             }
         };
         let waiting = c.state == State::Waiting;
+        if self.keep_records {
+            self.dirty.insert(session.clone());
+        }
         self.metrics.sessions_resumed_total.fetch_add(1, Relaxed);
         tracing::debug!(%session, held = backlog.len(), "session resumed");
         let _ = reply.send(Registered {
@@ -635,7 +727,7 @@ impl<C: Cluster> Matchmaker<C> {
         if self.resume_window.is_zero() {
             return None;
         }
-        let token = new_id();
+        let token = self.token_for_node(new_id());
         self.tokens.insert(token.clone(), session.clone());
         Some(token)
     }
@@ -758,6 +850,7 @@ impl<C: Cluster> Matchmaker<C> {
             if let Some(token) = c.resume_token {
                 self.tokens.remove(&token);
             }
+            self.stale_records.extend(c.saved);
             if matches!(c.link, Link::Away(_)) {
                 self.metrics.sessions_detached.fetch_sub(1, Relaxed);
             }
@@ -790,6 +883,9 @@ impl<C: Cluster> Matchmaker<C> {
     fn set_state(&mut self, session: &SessionId, state: State) {
         if let Some(c) = self.conns.get_mut(session) {
             c.state = state;
+            if self.keep_records {
+                self.dirty.insert(session.clone());
+            }
         }
     }
 
@@ -1189,6 +1285,9 @@ impl<C: Cluster> Matchmaker<C> {
         common_interests: &[String],
         resumed: bool,
     ) {
+        if self.keep_records {
+            self.dirty.insert(me.clone());
+        }
         if let Some(c) = self.conns.get_mut(me) {
             c.state = State::InMatch(match_id.clone());
             c.recent_matches.truncate(REPORTABLE_MATCHES - 1);
@@ -1235,7 +1334,34 @@ impl<C: Cluster> Matchmaker<C> {
 
     /// A message from another node about one of this node's sessions.
     async fn on_node_msg(&mut self, msg: NodeMsg) {
+        // A session that just moved to another node: what is still sent here goes there.
+        let to = match &msg {
+            NodeMsg::Matched { to, .. }
+            | NodeMsg::Relay { to, .. }
+            | NodeMsg::PartnerLeft { to, .. }
+            | NodeMsg::PartnerMoved { to, .. } => Some(to),
+            _ => None,
+        };
+        if let Some(to) = to.filter(|to| !self.conns.contains_key(*to)).cloned() {
+            if self.forward_moved(&to, &msg).await {
+                return;
+            }
+        }
         match msg {
+            NodeMsg::ResumeAsk {
+                token,
+                req,
+                from,
+                ip,
+            } => self.on_resume_ask(token, req, from, ip).await,
+            NodeMsg::Handover { req, session } => self.on_handover(req, *session).await,
+            NodeMsg::ResumeRefused { req } => self.on_resume_refused(req).await,
+            NodeMsg::PartnerMoved {
+                to,
+                match_id,
+                session,
+                node,
+            } => self.on_partner_moved(to, match_id, session, node).await,
             NodeMsg::Matched {
                 to,
                 match_id,
@@ -1343,9 +1469,11 @@ impl<C: Cluster> Matchmaker<C> {
                 }
             });
         }
+        self.prune_moved(Instant::now());
         let Some(alive) = tick.alive else {
             return;
         };
+        self.alive_nodes = Some(alive.clone());
         // A node missing for a while is dead. Not at once: after a Redis restart every
         // node's liveness key is gone until its next tick (within about a second).
         let now = Instant::now();
@@ -1364,7 +1492,10 @@ impl<C: Cluster> Matchmaker<C> {
         let dead: Vec<&String> = self
             .absent
             .iter()
-            .filter(|(_, since)| now.saturating_duration_since(**since) >= DEAD_NODE_GRACE)
+            // Its sessions may resume on other nodes from their records meanwhile.
+            .filter(|(_, since)| {
+                now.saturating_duration_since(**since) >= DEAD_NODE_GRACE.max(self.resume_window)
+            })
             .map(|(node, _)| node)
             .collect();
         let orphaned: Vec<MatchId> = self

@@ -829,3 +829,80 @@ pub async fn ban_probe(addr: SocketAddr, ip: [u8; 4], quiet: Duration) -> Result
         }
     }
 }
+
+// ---- resuming (PROTOCOL.md, "Resuming a session") ------------------------------------
+
+/// A session as the client sees it: its id and its latest resume token.
+#[derive(Clone, Debug)]
+pub struct Ticket {
+    pub session_id: String,
+    pub token: String,
+}
+
+/// Sends `hello` (with `resume` when given) and returns the whole `welcome`.
+pub async fn hello_with(c: &mut TestClient, resume: Option<&str>) -> Value {
+    let mut hello = hello_msg();
+    if let Some(token) = resume {
+        hello["resume"] = json!(token);
+    }
+    c.send_json(&hello).await;
+    c.expect_type("welcome").await
+}
+
+pub fn ticket(label: &str, w: &Value) -> Ticket {
+    let session_id = w["session_id"].as_str().unwrap().to_owned();
+    let token = w["resume_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("[{label}] welcome without resume_token: {w}"))
+        .to_owned();
+    // 128 random bits, hex: unguessable and inside the 64-character id bound.
+    assert!(
+        token.len() >= 32 && token.chars().all(|c| c.is_ascii_hexdigit()),
+        "[{label}] resume_token should be at least 128 random bits in hex: {w}"
+    );
+    Ticket { session_id, token }
+}
+
+/// A new client that said hello; returns it with its ticket.
+pub async fn connect_ticket(server: &TestServer, label: &str) -> (TestClient, Ticket) {
+    let mut c = TestClient::connect(server.addr).await.label(label);
+    let w = hello_with(&mut c, None).await;
+    assert!(w.get("resumed").is_none(), "[{label}] a new session: {w}");
+    let t = ticket(label, &w);
+    c.session_id = Some(t.session_id.clone());
+    (c, t)
+}
+
+/// Reconnects with `hello` + `resume`; the session must come back: same session id,
+/// `resumed: true`, a fresh token. Returns the client and its new ticket.
+pub async fn resume_session(
+    server: &TestServer,
+    label: &str,
+    old: &Ticket,
+) -> (TestClient, Ticket) {
+    let mut c = TestClient::connect(server.addr).await.label(label);
+    let w = hello_with(&mut c, Some(&old.token)).await;
+    assert_eq!(
+        w["resumed"], true,
+        "[{label}] expected a resumed session: {w}"
+    );
+    let t = ticket(label, &w);
+    assert_eq!(t.session_id, old.session_id, "[{label}] same session: {w}");
+    assert_ne!(
+        t.token, old.token,
+        "[{label}] every welcome brings a new token"
+    );
+    (c, t)
+}
+
+/// Reconnects with `hello` + `resume` and expects a new session instead.
+pub async fn resume_refused(server: &TestServer, label: &str, token: &str) -> (TestClient, Ticket) {
+    let mut c = TestClient::connect(server.addr).await.label(label);
+    let w = hello_with(&mut c, Some(token)).await;
+    assert!(
+        w.get("resumed").is_none(),
+        "[{label}] the token should not resume anything: {w}"
+    );
+    let t = ticket(label, &w);
+    (c, t)
+}

@@ -2,8 +2,13 @@
 //! its files in a temporary directory, stopped by its own process id (also when a test
 //! fails: [`Drop`]). Without `redis-server` the tests skip with a message, and fail under
 //! `CI=true` (`scripts/deps.sh --test` installs Debian's `redis-server`).
+//!
+//! Also [`ProcessNode`]: the server binary as one node of such a cluster, in its own
+//! process, so a test can kill it (SIGKILL) the way a crashed machine goes.
 #![allow(dead_code, clippy::print_stderr)]
 
+use crate::common::{eventually, TestClient, RECV_TIMEOUT};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -123,5 +128,73 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+const SERVER_BIN: &str = env!("CARGO_BIN_EXE_peer-stream-server");
+
+/// The server binary as a node of `redis`'s cluster, killed (by its pid) when dropped.
+pub struct ProcessNode {
+    child: Child,
+    pub addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl ProcessNode {
+    pub async fn start(redis: &RedisServer) -> ProcessNode {
+        ProcessNode::start_with(redis, &[]).await
+    }
+
+    /// A node with more command-line flags (e.g. `--resume-window-secs 0`).
+    pub async fn start_with(redis: &RedisServer, extra: &[&str]) -> ProcessNode {
+        let dir = tempfile::tempdir().expect("temp dir for the node");
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let child = Command::new(SERVER_BIN)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--redis")
+            .arg(redis.url())
+            .arg("--db")
+            .arg(dir.path().join("node.sqlite3"))
+            .args(["--max-conns-per-ip", "0", "--log", "warn"])
+            .args(extra)
+            .env_remove("PEER_STREAM_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the server binary");
+        let node = ProcessNode {
+            child,
+            addr,
+            _dir: dir,
+        };
+        eventually(RECV_TIMEOUT, "the node process listens", || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+        node
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// A fresh client that said `hello`, labelled for failure messages.
+    pub async fn client(&self, label: &str) -> TestClient {
+        let mut c = TestClient::connect(self.addr).await.label(label);
+        c.hello().await;
+        c
+    }
+
+    /// SIGKILL: no goodbye to Redis or to anyone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ProcessNode {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

@@ -91,6 +91,30 @@ pub enum NodeMsg {
         reason: PartnerLeftReason,
         cooldown: bool,
     },
+    /// A client reconnected to the sender (`from`) with the resume token of a session the
+    /// receiver serves: the receiver answers `req` with [`NodeMsg::Handover`] (and stops
+    /// serving the session) or [`NodeMsg::ResumeRefused`]. `ip`: the client's address now.
+    ResumeAsk {
+        token: String,
+        req: String,
+        from: String,
+        ip: IpAddr,
+    },
+    /// The answer to `ResumeAsk` `req`: the session, which the receiver serves from now on.
+    Handover {
+        req: String,
+        session: Box<super::handover::HandedOver>,
+    },
+    /// The answer to `ResumeAsk` `req`: the token is unknown, used or expired (or the
+    /// address is banned); the receiver starts a new session.
+    ResumeRefused { req: String },
+    /// `to`'s partner `session` in `match_id` moved (resumed) to the node `node`.
+    PartnerMoved {
+        to: SessionId,
+        match_id: MatchId,
+        session: SessionId,
+        node: String,
+    },
 }
 
 /// What the periodic cluster tick learned.
@@ -186,4 +210,30 @@ pub trait Cluster: Send + 'static {
     fn claimed(&mut self, session: &SessionId) -> impl Future<Output = ()> + Send;
     /// The node stops: its waiters leave the shared queue, its liveness ends.
     fn shutdown(&mut self) -> impl Future<Output = ()> + Send;
+    /// What `session` must not be paired with: `(other, until)` in ms since the Unix
+    /// epoch, `u64::MAX` for a block. Carried along when the session moves to another
+    /// node (a resume there); a single node has nobody to hand it to.
+    fn avoid_of(&self, _session: &SessionId) -> Vec<(SessionId, u64)> {
+        Vec::new()
+    }
+    /// Takes on the cooldowns and blocks of `session`, which moved here from another node.
+    fn adopt_avoid(&mut self, _session: &SessionId, _avoid: Vec<(SessionId, u64)>) {}
+    /// `session` moved to another node: its own queue entry, cooldowns and blocks go
+    /// (that node holds them now); other sessions' records of it stay, as they still apply.
+    fn moved_away(&mut self, session: &SessionId) -> impl Future<Output = ()> + Send {
+        self.forget(session)
+    }
+    /// Writes (`Some`) or deletes (`None`) the resume records of this node's sessions, by
+    /// resume token: what another node needs to resume a session after this one died
+    /// (see `handover.rs`). Written in one batch per tick; a single node keeps none.
+    fn save_resume(
+        &mut self,
+        _records: Vec<(String, Option<String>)>,
+    ) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
+    /// Takes (reads and deletes, atomically) the resume record of `token`, if any.
+    fn take_resume(&mut self, _token: &str) -> impl Future<Output = Option<String>> + Send {
+        std::future::ready(None)
+    }
 }

@@ -48,6 +48,10 @@ const SEQ: &str = "ps:seq";
 const ONLINE: &str = "ps:online";
 const ALIVE_PREFIX: &str = "ps:alive:";
 const CHANNEL_PREFIX: &str = "ps:node:";
+/// A session's resume record, by resume token (`handover.rs`): how another node resumes
+/// it after this one died. Deleted when the session ends or moves; kept at most a day.
+const RESUME_PREFIX: &str = "ps:resume:";
+const RESUME_RECORD_TTL_SECS: u64 = 86_400;
 const BANS: &str = "ps:bans";
 const BANS_VERSION: &str = "ps:bans:v";
 const REPORTS_PREFIX: &str = "ps:reports:";
@@ -348,7 +352,10 @@ impl RedisCluster {
         let con = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| anyhow::anyhow!("cannot set up the Redis connection: {e}"))?;
         let node = crate::matchmaker::random_id();
-        let stop = shutdown.child_token();
+        // Not a child of `shutdown`: a stopping node keeps its channel while it hands its
+        // sessions over (the matchmaker's drain); `Cluster::shutdown` ends it.
+        let _ = shutdown;
+        let stop = CancellationToken::new();
         let health = Health::default();
         let (inbound_tx, inbound) = mpsc::channel(16 * 1024);
         let (subscribed_tx, mut subscribed) = watch::channel(false);
@@ -861,6 +868,78 @@ impl Cluster for RedisCluster {
 
     fn blocked(&self, a: &SessionId, b: &SessionId) -> bool {
         self.blocks.get(a).is_some_and(|set| set.contains(b))
+    }
+
+    fn avoid_of(&self, session: &SessionId) -> Vec<(SessionId, u64)> {
+        self.avoid_list(session, now_ms())
+    }
+
+    fn adopt_avoid(&mut self, session: &SessionId, avoid: Vec<(SessionId, u64)>) {
+        for (other, until) in avoid {
+            if until == u64::MAX {
+                self.blocks
+                    .entry(session.clone())
+                    .or_default()
+                    .insert(other.clone());
+                self.blocks
+                    .entry(other)
+                    .or_default()
+                    .insert(session.clone());
+            } else {
+                for (x, y) in [(session, &other), (&other, session)] {
+                    self.cooldowns
+                        .entry(x.clone())
+                        .or_default()
+                        .insert(y.clone(), until);
+                }
+            }
+        }
+        self.version += 1;
+    }
+
+    async fn moved_away(&mut self, session: &SessionId) {
+        self.remove(session).await;
+        self.cooldowns.remove(session);
+        self.blocks.remove(session);
+    }
+
+    async fn save_resume(&mut self, records: Vec<(String, Option<String>)>) {
+        if records.is_empty() || !self.ready() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (token, record) in &records {
+            let key = format!("{RESUME_PREFIX}{token}");
+            match record {
+                Some(json) => pipe
+                    .cmd("SET")
+                    .arg(&key)
+                    .arg(json)
+                    .arg("EX")
+                    .arg(RESUME_RECORD_TTL_SECS)
+                    .ignore(),
+                None => pipe.cmd("DEL").arg(&key).ignore(),
+            };
+        }
+        let mut con = self.con.clone();
+        let _: Option<()> = self
+            .call("save resume records", pipe.query_async(&mut con))
+            .await;
+    }
+
+    async fn take_resume(&mut self, token: &str) -> Option<String> {
+        if !self.ready() {
+            return None;
+        }
+        let mut con = self.con.clone();
+        let mut cmd = redis::cmd("GETDEL");
+        cmd.arg(format!("{RESUME_PREFIX}{token}"));
+        self.call(
+            "take a resume record",
+            cmd.query_async::<Option<String>>(&mut con),
+        )
+        .await
+        .flatten()
     }
 
     async fn forget(&mut self, session: &SessionId) {
