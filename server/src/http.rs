@@ -6,8 +6,9 @@
 //! parser sees every request, so health checks, metrics and the WebSocket share a port
 //! and a TLS setup without an HTTP framework.
 
+use crate::connection::{self, ReadAhead};
 use crate::limits::Refusal;
-use crate::{connection, web, Shared};
+use crate::{web, Shared};
 use peer_stream_shared::{ErrorCode, ServerMessage, WS_PATH};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -17,6 +18,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
+
+/// tungstenite's read buffer: allocated with the WebSocket and kept for its whole life,
+/// and the most tungstenite asks of the socket per read. Small, because every idle
+/// connection holds one (a larger frame grows it as needed); [`ReadAhead`] under it still
+/// reads up to 8 KiB per system call.
+pub const WS_READ_BUFFER_BYTES: usize = 128;
 
 /// Largest request head we read; browsers send well under 4 KiB.
 const MAX_HEAD: usize = 16 * 1024;
@@ -292,14 +299,13 @@ async fn upgrade<S>(
     if stream.write_all(response.as_bytes()).await.is_err() || stream.flush().await.is_err() {
         return;
     }
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(8 * 1024)
-        .max_write_buffer_size(1 << 20)
-        .max_message_size(Some(cfg.max_message_bytes))
-        .max_frame_size(Some(cfg.max_message_bytes));
-    let mut ws =
-        WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(ws_config)).await;
+    let mut ws = WebSocketStream::from_partially_read(
+        ReadAhead::new(stream),
+        leftover,
+        Role::Server,
+        Some(ws_config(cfg.max_message_bytes)),
+    )
+    .await;
     let ip = client_ip(&req, peer, cfg.trust_proxy);
     let slot = match shared.limiter.try_acquire(ip) {
         Ok(slot) => slot,
@@ -336,9 +342,29 @@ async fn upgrade<S>(
     tracker.spawn(connection::serve(ws, ip, shared, Some(slot)));
 }
 
+/// The WebSocket settings of every client connection.
+fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        // Frames queued together go out in one system call (see connection::write_batch).
+        .write_buffer_size(8 * 1024)
+        .max_write_buffer_size(1 << 20)
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each idle connection keeps its read buffer (#11: ≤ 4.8 KiB per idle connection).
+    #[test]
+    fn the_websocket_read_buffer_stays_small() {
+        let c = ws_config(64 * 1024);
+        assert!(c.read_buffer_size <= 512, "{}", c.read_buffer_size);
+        assert_eq!(c.max_message_size, Some(64 * 1024));
+        assert_eq!(c.max_frame_size, Some(64 * 1024));
+    }
 
     fn req(xff: &[&str]) -> Request {
         Request {

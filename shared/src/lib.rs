@@ -23,7 +23,7 @@ pub use message::{
     CallPath, ClientMessage, IceServer, NextReason, PartnerLeftReason, Role, ServerMessage,
     SignalPayload,
 };
-pub use parse::{normalize_interests, parse_client_message};
+pub use parse::{normalize_interests, parse_client_frame, parse_client_message, ClientFrame};
 
 /// The protocol version this build speaks; sent in `hello` and `welcome`.
 pub const PROTOCOL_VERSION: u32 = 1;

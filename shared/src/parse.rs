@@ -1,6 +1,51 @@
 use crate::limits::*;
-use crate::{ClientMessage, ErrorCode, ProtocolError};
+use crate::{ClientMessage, ErrorCode, MatchId, ProtocolError, ServerMessage};
 use serde_json::Value;
+
+/// A client frame as the server acts on it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientFrame {
+    /// A validated `signal`, `chat` or `typing`: `frame` is the text the partner gets
+    /// (exactly `ServerMessage::{Signal, Chat, Typing}` serialized).
+    Relay { match_id: MatchId, frame: String },
+    /// Any other message.
+    Message(ClientMessage),
+}
+
+/// [`parse_client_message`] for the server's hot path: the same answers (messages, error
+/// codes and texts), but a relayed message comes back with its outgoing frame already
+/// built.
+///
+/// The messages sent many times per match (`signal`, `chat`, `typing`, `join`, `next`,
+/// `leave`, `undo_next`, `ice_servers`) take a fast path when the frame is in the form
+/// `serde_json` (and `JSON.stringify`) write: compact, the escapes `serde_json` itself
+/// would write, integer numbers. The frame is then checked in one pass without building a
+/// `serde_json::Value`, and a signal's payload is copied into the partner's frame as is:
+/// for such input it is byte-for-byte what re-serializing the parsed value would give.
+/// Anything else (spaces, other escapes, floats, duplicate keys, an error of any kind)
+/// goes through [`parse_client_message`], so the fast path never changes an answer.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, ProtocolError> {
+    if let Some(frame) = canonical::parse(text) {
+        return Ok(frame);
+    }
+    let relay = |match_id: MatchId, msg: ServerMessage| ClientFrame::Relay {
+        match_id,
+        frame: msg.to_json(),
+    };
+    Ok(match parse_client_message(text)? {
+        ClientMessage::Signal { match_id, payload } => relay(
+            match_id.clone(),
+            ServerMessage::Signal { match_id, payload },
+        ),
+        ClientMessage::Chat { match_id, text } => {
+            relay(match_id.clone(), ServerMessage::Chat { match_id, text })
+        }
+        ClientMessage::Typing { match_id, active } => {
+            relay(match_id.clone(), ServerMessage::Typing { match_id, active })
+        }
+        other => ClientFrame::Message(other),
+    })
+}
 
 /// Turns one text frame from a client into a validated message.
 ///
@@ -181,6 +226,287 @@ impl std::io::Write for ByteCounter {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// The fast path of [`parse_client_frame`]: a scanner that accepts only JSON in the form
+/// `serde_json` writes it, so that copying a value's text is the same as parsing and
+/// re-serializing it. `None` means "take the general path", never "invalid".
+mod canonical {
+    use super::{normalize_interests, ClientFrame};
+    use crate::limits::{MAX_CHAT_CHARS, MAX_ID_CHARS, MAX_SIGNAL_PAYLOAD_BYTES};
+    use crate::{ClientMessage, MatchId, NextReason};
+
+    /// Deeper nesting takes the general path (serde_json's own limit is 128).
+    const MAX_DEPTH: usize = 64;
+    /// Objects with more keys take the general path (the duplicate check is quadratic).
+    const MAX_KEYS: usize = 16;
+    /// Longer integers may not fit an i64/u64 and would be re-printed as floats.
+    const MAX_DIGITS: usize = 18;
+
+    pub(super) fn parse(text: &str) -> Option<ClientFrame> {
+        let mut s = Scanner {
+            text,
+            b: text.as_bytes(),
+            i: 0,
+        };
+        let [mut ty, mut match_id, mut payload, mut chat, mut active, mut interests, mut reason] =
+            [None; 7];
+        s.eat(b'{')?;
+        if s.eat(b'}').is_none() {
+            loop {
+                let key = s.string()?;
+                s.eat(b':')?;
+                let start = s.i;
+                s.value(1)?;
+                let value = &text[start..s.i];
+                let slot = match key {
+                    "type" => Some(&mut ty),
+                    "match_id" => Some(&mut match_id),
+                    "payload" => Some(&mut payload),
+                    "text" => Some(&mut chat),
+                    "active" => Some(&mut active),
+                    "interests" => Some(&mut interests),
+                    "reason" => Some(&mut reason),
+                    _ => None,
+                };
+                if slot.is_some_and(|slot| slot.replace(value).is_some()) {
+                    return None; // a duplicate: the general path keeps the last one
+                }
+                if s.eat(b',').is_none() {
+                    s.eat(b'}')?;
+                    break;
+                }
+            }
+        }
+        if s.i != text.len() {
+            return None;
+        }
+        let message = |m| Some(ClientFrame::Message(m));
+        match ty? {
+            r#""leave""# => return message(ClientMessage::Leave),
+            r#""undo_next""# => return message(ClientMessage::UndoNext),
+            r#""ice_servers""# => return message(ClientMessage::IceServers),
+            r#""next""# => {
+                // A known reason, or none: an unknown string or null is a plain skip.
+                let reason = match reason {
+                    None | Some("null") => None,
+                    Some(r) => (plain_string(r)? == NextReason::ConnectionFailed.as_str())
+                        .then_some(NextReason::ConnectionFailed),
+                };
+                return message(ClientMessage::Next { reason });
+            }
+            r#""join""# => {
+                let raw = match interests {
+                    None => Vec::new(),
+                    Some(list) => plain_strings(list)?,
+                };
+                let interests = normalize_interests(&raw).ok()?;
+                return message(ClientMessage::Join { interests });
+            }
+            _ => {}
+        }
+        let match_id = plain_string(match_id?)?;
+        let n = match_id.chars().count();
+        if n == 0 || n > MAX_ID_CHARS {
+            return None;
+        }
+        let frame = match ty? {
+            r#""signal""# => {
+                let payload = payload?;
+                if payload.len() > MAX_SIGNAL_PAYLOAD_BYTES {
+                    return None;
+                }
+                format!(r#"{{"type":"signal","match_id":"{match_id}","payload":{payload}}}"#)
+            }
+            r#""chat""# => {
+                let chat = plain_string(chat?)?;
+                let n = chat.chars().count();
+                if n == 0 || n > MAX_CHAT_CHARS {
+                    return None;
+                }
+                format!(r#"{{"type":"chat","match_id":"{match_id}","text":"{chat}"}}"#)
+            }
+            r#""typing""# => {
+                let active = active.filter(|a| matches!(*a, "true" | "false"))?;
+                format!(r#"{{"type":"typing","match_id":"{match_id}","active":{active}}}"#)
+            }
+            _ => return None,
+        };
+        Some(ClientFrame::Relay {
+            match_id: MatchId(match_id.to_owned()),
+            frame,
+        })
+    }
+
+    /// The contents of a string value without escapes (then they equal its text).
+    fn plain_string(value: &str) -> Option<&str> {
+        let inner = value.strip_prefix('"')?.strip_suffix('"')?;
+        (!inner.contains('\\')).then_some(inner)
+    }
+
+    /// An array of strings without escapes (`value` is already known to be canonical).
+    fn plain_strings(value: &str) -> Option<Vec<String>> {
+        let mut s = Scanner {
+            text: value,
+            b: value.as_bytes(),
+            i: 0,
+        };
+        let mut out = Vec::new();
+        s.eat(b'[')?;
+        if s.eat(b']').is_some() {
+            return Some(out);
+        }
+        loop {
+            let item = s.string()?;
+            if item.contains('\\') {
+                return None;
+            }
+            out.push(item.to_owned());
+            if s.eat(b',').is_none() {
+                s.eat(b']')?;
+                return Some(out);
+            }
+        }
+    }
+
+    struct Scanner<'a> {
+        text: &'a str,
+        b: &'a [u8],
+        i: usize,
+    }
+
+    impl<'a> Scanner<'a> {
+        fn peek(&self) -> Option<u8> {
+            self.b.get(self.i).copied()
+        }
+
+        fn eat(&mut self, c: u8) -> Option<()> {
+            (self.peek()? == c).then(|| self.i += 1)
+        }
+
+        fn literal(&mut self, word: &[u8]) -> Option<()> {
+            let end = self.i + word.len();
+            (self.b.get(self.i..end)? == word).then(|| self.i = end)
+        }
+
+        fn value(&mut self, depth: usize) -> Option<()> {
+            match self.peek()? {
+                b'{' => self.object(depth),
+                b'[' => self.array(depth),
+                b'"' => self.string().map(drop),
+                b't' => self.literal(b"true"),
+                b'f' => self.literal(b"false"),
+                b'n' => self.literal(b"null"),
+                b'-' | b'0'..=b'9' => self.integer(),
+                _ => None,
+            }
+        }
+
+        fn object(&mut self, depth: usize) -> Option<()> {
+            if depth >= MAX_DEPTH {
+                return None;
+            }
+            self.eat(b'{')?;
+            if self.eat(b'}').is_some() {
+                return Some(());
+            }
+            let mut keys: [&str; MAX_KEYS] = [""; MAX_KEYS];
+            let mut n = 0;
+            loop {
+                let key = self.string()?;
+                // The key text is canonical, so equal texts are equal keys and different
+                // texts different keys; a duplicate would be dropped by the general path.
+                if n == MAX_KEYS || keys[..n].contains(&key) {
+                    return None;
+                }
+                keys[n] = key;
+                n += 1;
+                self.eat(b':')?;
+                self.value(depth + 1)?;
+                if self.eat(b',').is_none() {
+                    return self.eat(b'}');
+                }
+            }
+        }
+
+        fn array(&mut self, depth: usize) -> Option<()> {
+            if depth >= MAX_DEPTH {
+                return None;
+            }
+            self.eat(b'[')?;
+            if self.eat(b']').is_some() {
+                return Some(());
+            }
+            loop {
+                self.value(depth + 1)?;
+                if self.eat(b',').is_none() {
+                    return self.eat(b']');
+                }
+            }
+        }
+
+        /// `-?(0|[1-9][0-9]*)`, not `-0`, short enough to stay an integer; a fraction or
+        /// an exponent would be re-printed differently.
+        fn integer(&mut self) -> Option<()> {
+            let negative = self.eat(b'-').is_some();
+            let start = self.i;
+            while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+                self.i += 1;
+            }
+            let digits = &self.b[start..self.i];
+            let ok = match digits {
+                [] => false,
+                [b'0'] => !negative,
+                [b'0', ..] => false,
+                _ => digits.len() <= MAX_DIGITS,
+            };
+            let fraction = matches!(self.peek(), Some(b'.' | b'e' | b'E'));
+            (ok && !fraction).then_some(())
+        }
+
+        /// A string with only the escapes `serde_json` writes; returns its text between
+        /// the quotes.
+        fn string(&mut self) -> Option<&'a str> {
+            self.eat(b'"')?;
+            let start = self.i;
+            loop {
+                match self.peek()? {
+                    b'"' => break,
+                    b'\\' => {
+                        self.i += 1;
+                        match self.peek()? {
+                            b'"' | b'\\' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 1,
+                            b'u' => {
+                                // serde_json writes \u00XX (lower-case hex) only for the
+                                // control characters without a short form.
+                                let hex = self.b.get(self.i + 1..self.i + 5)?;
+                                let [b'0', b'0', hi @ (b'0' | b'1'), lo] = *hex else {
+                                    return None;
+                                };
+                                let lo = match lo {
+                                    b'0'..=b'9' => lo - b'0',
+                                    b'a'..=b'f' => lo - b'a' + 10,
+                                    _ => return None,
+                                };
+                                let c = (hi - b'0') * 16 + lo;
+                                if matches!(c, 0x08 | 0x09 | 0x0a | 0x0c | 0x0d) {
+                                    return None;
+                                }
+                                self.i += 5;
+                            }
+                            _ => return None,
+                        }
+                    }
+                    c if c < 0x20 => return None,
+                    _ => self.i += 1,
+                }
+            }
+            let end = self.i;
+            self.i += 1;
+            // Both ends sit next to an ASCII quote, so they are character boundaries.
+            self.text.get(start..end)
+        }
     }
 }
 
@@ -451,6 +777,224 @@ mod tests {
         );
     }
 
+    /// What the general path makes of a frame: the reference for the fast one.
+    fn general(text: &str) -> Result<ClientFrame, ProtocolError> {
+        Ok(match parse_client_message(text)? {
+            ClientMessage::Signal { match_id, payload } => ClientFrame::Relay {
+                frame: ServerMessage::Signal {
+                    match_id: match_id.clone(),
+                    payload,
+                }
+                .to_json(),
+                match_id,
+            },
+            ClientMessage::Chat { match_id, text } => ClientFrame::Relay {
+                frame: ServerMessage::Chat {
+                    match_id: match_id.clone(),
+                    text,
+                }
+                .to_json(),
+                match_id,
+            },
+            ClientMessage::Typing { match_id, active } => ClientFrame::Relay {
+                frame: ServerMessage::Typing {
+                    match_id: match_id.clone(),
+                    active,
+                }
+                .to_json(),
+                match_id,
+            },
+            other => ClientFrame::Message(other),
+        })
+    }
+
+    /// The fast path answers exactly as the general path, and `fast` says whether the
+    /// fast path (not the fallback) answered.
+    fn same_answer(text: &str, fast: bool) {
+        assert_eq!(parse_client_frame(text), general(text), "{text}");
+        assert_eq!(canonical::parse(text).is_some(), fast, "{text}");
+    }
+
+    #[test]
+    fn relayed_frames_take_the_fast_path_with_the_same_bytes() {
+        let payloads = [
+            r#"{"kind":"offer","sdp":"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n"}"#,
+            r#"{"kind":"candidate","candidate":"candidate:1 1 udp 1 10.0.0.1 5000 typ host","sdp_mid":"0","sdp_mline_index":0}"#,
+            r#"{"kind":"bench","t":1234567890123,"pad":"é ✓ \"q\" \\ \u001f \u0000 \b\f\t"}"#,
+            r#"[1,-2,0,true,false,null,[],{},{"a":{"b":[{"c":"d"}]}}]"#,
+            r#"null"#,
+            r#""just a string""#,
+        ];
+        for p in payloads {
+            same_answer(
+                &format!(r#"{{"type":"signal","match_id":"m1","payload":{p}}}"#),
+                true,
+            );
+            // Field order and unknown fields do not matter.
+            same_answer(
+                &format!(r#"{{"payload":{p},"x":[1,{{"y":2}}],"match_id":"m1","type":"signal"}}"#),
+                true,
+            );
+        }
+        same_answer(r#"{"type":"chat","match_id":"m","text":"hello é ✓"}"#, true);
+        same_answer(r#"{"type":"typing","match_id":"m","active":true}"#, true);
+        same_answer(r#"{"type":"typing","match_id":"m","active":false}"#, true);
+        // The other messages of every match.
+        for text in [
+            r#"{"type":"join"}"#,
+            r#"{"type":"join","interests":[]}"#,
+            r#"{"type":"join","interests":[" Music ","rust","music"]}"#,
+            r#"{"type":"next"}"#,
+            r#"{"type":"next","reason":"connection_failed"}"#,
+            r#"{"type":"next","reason":"bored"}"#,
+            r#"{"type":"next","reason":null}"#,
+            r#"{"type":"leave"}"#,
+            r#"{"type":"leave","extra":[1,2]}"#,
+            r#"{"type":"undo_next"}"#,
+            r#"{"type":"ice_servers"}"#,
+        ] {
+            same_answer(text, true);
+        }
+        // What serde_json writes for every relayed message takes the fast path.
+        let msgs = [
+            ClientMessage::Signal {
+                match_id: MatchId::from("abc"),
+                payload: serde_json::json!({"kind":"answer","sdp":"v=0\r\n\u{1}\t\"x\"/é"}),
+            },
+            ClientMessage::Chat {
+                match_id: MatchId::from("abc"),
+                text: "plain text".into(),
+            },
+            ClientMessage::Typing {
+                match_id: MatchId::from("abc"),
+                active: true,
+            },
+            ClientMessage::Join {
+                interests: vec!["rust".into(), "music".into()],
+            },
+            ClientMessage::Next {
+                reason: Some(crate::NextReason::ConnectionFailed),
+            },
+            ClientMessage::Next { reason: None },
+            ClientMessage::Leave,
+            ClientMessage::UndoNext,
+            ClientMessage::IceServers,
+        ];
+        for m in msgs {
+            same_answer(&m.to_json(), true);
+        }
+    }
+
+    #[test]
+    fn other_forms_fall_back_to_the_general_path() {
+        let payloads = [
+            r#"{"a": 1}"#,            // whitespace
+            r#"{"a":1,"a":2}"#,       // duplicate key (the last one wins)
+            r#"{"a":{"b":1,"b":1}}"#, // nested duplicate
+            r#""\/""#,                // an escape serde_json does not write
+            r#""\u00e9""#,
+            r#""\u001F""#, // upper-case hex
+            r#""\u000a""#, // has a short form (\n)
+            r#""\ud800""#, // lone surrogate: an error
+            r#"1.0"#,
+            r#"1e5"#,
+            r#"-0"#,
+            r#"012"#,
+            r#"12345678901234567890"#, // not a u64: a float
+            r#"tru"#,
+            r#"{"a":1,}"#,
+            r#"[1,]"#,
+        ];
+        for p in payloads {
+            same_answer(
+                &format!(r#"{{"type":"signal","match_id":"m","payload":{p}}}"#),
+                false,
+            );
+        }
+        let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        same_answer(
+            &format!(r#"{{"type":"signal","match_id":"m","payload":{deep}}}"#),
+            false,
+        );
+        let many: Vec<String> = (0..20).map(|i| format!(r#""k{i}":{i}"#)).collect();
+        same_answer(
+            &format!(
+                r#"{{"type":"signal","match_id":"m","payload":{{{}}}}}"#,
+                many.join(",")
+            ),
+            false,
+        );
+        let big = "y".repeat(MAX_SIGNAL_PAYLOAD_BYTES);
+        same_answer(
+            &format!(r#"{{"type":"signal","match_id":"m","payload":"{big}"}}"#),
+            false,
+        );
+        let long_id = "x".repeat(MAX_ID_CHARS + 1);
+        let long_id = format!(r#"{{"type":"chat","match_id":"{long_id}","text":"a"}}"#);
+        for text in [
+            r#" {"type":"chat","match_id":"m","text":"hi"}"#,
+            r#"{"type":"chat","match_id":"m","text":"hi"} "#,
+            r#"{"type":"chat","match_id":"m","text":"say \"hi\""}"#,
+            r#"{"type":"chat","match_id":"m","text":""}"#,
+            r#"{"type":"chat","match_id":"m","text":"a","text":"b"}"#,
+            r#"{"type":"chat","match_id":"m"}"#,
+            r#"{"type":"chat","match_id":"","text":"a"}"#,
+            r#"{"type":"chat","match_id":"\u006d","text":"a"}"#,
+            r#"{"type":"chat","match_id":7,"text":"a"}"#,
+            long_id.as_str(),
+            r#"{"type":"typing","match_id":"m","active":1}"#,
+            r#"{"type":"typing","match_id":"m"}"#,
+            r#"{"type":"signal","match_id":"m"}"#,
+            r#"{"type":"join","interests":null}"#,
+            r#"{"type":"join","interests":["   "]}"#,
+            r#"{"type":"join","interests":["a\u0062"]}"#,
+            r#"{"type":"join","interests":[1]}"#,
+            r#"{"type":"join","interests":"music"}"#,
+            r#"{"type":"next","reason":5}"#,
+            r#"{"type":"next","reason":"connection\u005ffailed"}"#,
+            r#"{"type":"hello","version":1,"client":"t/1"}"#,
+            r#"{"type":"report","match_id":"m","reason":"spam"}"#,
+            r#"{"type":"dance","match_id":"m","payload":1}"#,
+            r#"{"type":"signal","type":"signal","match_id":"m","payload":1}"#,
+            r#"{}"#,
+            r#"[]"#,
+            "",
+        ] {
+            same_answer(text, false);
+        }
+        let long_chat = "x".repeat(MAX_CHAT_CHARS + 1);
+        same_answer(
+            &format!(r#"{{"type":"chat","match_id":"m","text":"{long_chat}"}}"#),
+            false,
+        );
+        same_answer(
+            &format!(
+                r#"{{"type":"chat","match_id":"m","text":"{}"}}"#,
+                "é".repeat(MAX_CHAT_CHARS)
+            ),
+            true,
+        );
+    }
+
+    /// Random JSON values, written by serde_json: the fast path must take them all.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "\\PC{0,12}|[\\x00-\\x7f]{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 40, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec(("[a-c\\x00-\\x1f\"\\\\]{0,3}", inner), 0..6)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest! {
         #[test]
         fn arbitrary_text_never_panics(s in ".{0,300}") {
@@ -461,6 +1005,60 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let s = String::from_utf8_lossy(&bytes);
             let _ = parse_client_message(&s);
+        }
+
+        #[test]
+        fn fast_path_equals_the_general_path_on_serde_json_output(v in json_value()) {
+            let text = format!(
+                r#"{{"type":"signal","match_id":"m","payload":{}}}"#,
+                serde_json::to_string(&v).expect("serialize")
+            );
+            prop_assert_eq!(parse_client_frame(&text), general(&text));
+            // Floats and integers past 18 digits take the general path on purpose.
+            let text_has_long_number = {
+                let mut run = 0usize;
+                let mut long = false;
+                for c in text.chars() {
+                    run = if c.is_ascii_digit() { run + 1 } else { 0 };
+                    long |= run > 18;
+                }
+                long
+            };
+            fn has_float(v: &Value) -> bool {
+                match v {
+                    Value::Number(n) => n.is_f64(),
+                    Value::Array(a) => a.iter().any(has_float),
+                    Value::Object(o) => o.values().any(has_float),
+                    _ => false,
+                }
+            }
+            if !has_float(&v) && !text_has_long_number && text.len() < MAX_SIGNAL_PAYLOAD_BYTES {
+                prop_assert!(canonical::parse(&text).is_some(), "{}", text);
+            }
+        }
+
+        #[test]
+        fn fast_path_never_differs_on_json_like_text(
+            parts in prop::collection::vec(prop::sample::select(vec![
+                "{", "}", "[", "]", ",", ":", " ", "\"a\"", "\"b\"", "\"\\u00e9\"", "\"\\u001f\"",
+                "\"\\/\"", "\"\\n\"", "1", "-0", "0", "1.5", "2e3", "true", "null", "\"\\ud800\"",
+                "\"type\"", "\"signal\"", "\"chat\"", "\"text\"", "\"match_id\"", "\"m\"",
+            ]), 0..24),
+            prefix in prop::sample::select(vec![
+                r#"{"type":"signal","match_id":"m","payload":"#,
+                r#"{"type":"chat","match_id":"m","text":"#,
+                r#"{"type":"typing","match_id":"m","active":"#,
+                r#"{"type":"join","interests":"#,
+                r#"{"type":"next","reason":"#,
+                r#"{"#,
+            ]),
+        ) {
+            let body: String = parts.concat();
+            for text in [format!("{prefix}{body}}}"), format!("{prefix}{body}"), body.clone()] {
+                if let Some(fast) = canonical::parse(&text) {
+                    prop_assert_eq!(Ok(fast), general(&text), "{}", text);
+                }
+            }
         }
 
         #[test]

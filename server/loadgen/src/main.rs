@@ -450,6 +450,14 @@ impl ServerSide {
             .map(|n| n.pid.and_then(|p| proc_cpu_ticks(&p.to_string())))
             .sum()
     }
+
+    /// utime alone (the server's own code; stime is mostly the kernel's loopback TCP).
+    fn user_ticks(&self) -> Option<u64> {
+        self.nodes
+            .iter()
+            .map(|n| n.pid.and_then(|p| proc_user_ticks(&p.to_string())))
+            .sum()
+    }
 }
 
 /// A server started by the generator; killed (and its temporary directory removed) on drop,
@@ -749,6 +757,13 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// utime of a process, in clock ticks (`who` is a pid or `self`).
+fn proc_user_ticks(who: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{who}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    rest.split_whitespace().nth(11)?.parse().ok()
+}
+
 /// utime + stime of a process, in clock ticks (`who` is a pid or `self`).
 fn proc_cpu_ticks(who: &str) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{who}/stat")).ok()?;
@@ -962,6 +977,7 @@ impl Shared {
 struct Snap {
     at: Instant,
     server_ticks: Option<u64>,
+    server_user_ticks: Option<u64>,
     self_ticks: Option<u64>,
     system: Option<(u64, u64, u64)>,
     /// Redis's own CPU (when the run started it) and its command counters.
@@ -976,6 +992,7 @@ impl Snap {
         Snap {
             at: Instant::now(),
             server_ticks: server.cpu_ticks(),
+            server_user_ticks: server.user_ticks(),
             self_ticks: proc_cpu_ticks("self"),
             system: system_ticks(),
             redis_ticks: redis
@@ -997,6 +1014,8 @@ impl Snap {
 struct Window {
     secs: f64,
     server_cpu_s: Option<f64>,
+    /// The user-space part of `server_cpu_s`.
+    server_user_cpu_s: Option<f64>,
     self_cpu_s: Option<f64>,
     /// CPU time of every other process (user + system), in seconds: a build running next
     /// to the benchmark shows up here.
@@ -1037,6 +1056,7 @@ impl Window {
         Window {
             secs: b.at.duration_since(a.at).as_secs_f64(),
             server_cpu_s,
+            server_user_cpu_s: cpu(a.server_user_ticks, b.server_user_ticks),
             self_cpu_s,
             other_cpu_s,
             irq_cpu_s,
@@ -1099,6 +1119,17 @@ impl Report {
             w.server_cpu_s.map(|s| s / w.secs),
         );
         self.set_opt(&format!("{prefix}server_cpu_us_per_{unit}"), per);
+        let user_per = w
+            .server_user_cpu_s
+            .filter(|_| units > 0)
+            .map(|s| s * 1e6 / units as f64);
+        self.set_opt(&format!("{prefix}server_user_cpu_us_per_{unit}"), user_per);
+        if let (Some(per), Some(user)) = (per, user_per) {
+            self.line(format!(
+                "  server cpu per {unit}: {user:.1} µs in user space, {:.1} µs in the kernel",
+                per - user
+            ));
+        }
         self.redis(prefix, w, unit, units);
         self.set_opt(&format!("{prefix}loadgen_cpu_s"), w.self_cpu_s);
         self.set_opt(
