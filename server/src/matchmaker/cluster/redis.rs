@@ -17,16 +17,19 @@
 //! - `ps:reports:ADDRESS` (sorted set): reporter session → when (ms), within the ban
 //!   window: the reports toward the automatic ban, counted over every node.
 //!
-//! A pairing costs 2 round trips on the node that pairs (the push script, which adds the
-//! waiter and returns the whole queue; the claim script) plus 1 publish when the partner
-//! is on another node. A relayed frame to another node is 1 publish.
+//! A pairing costs one script call per side's `join` (the push script adds the waiter and,
+//! for the second one, reads the queue, chooses the partner with the same rules as the
+//! in-memory queue and claims both, atomically), plus 1 publish when the partner is on
+//! another node (pipelined with the other messages for other nodes, not waited for). A
+//! relayed frame to another node is 1 publish, pipelined likewise. Waiters left unpaired
+//! are paired by one script call per node and second (fallbacks, cooldowns ending).
 //!
 //! When Redis cannot be reached, every call fails fast ([`Unavailable`]) instead of
 //! waiting, `/readyz` answers 503, and a health task notices when Redis is back; this
 //! node's waiters are then written again (a restarted Redis forgot them).
 
 use super::{Cluster, NodeMsg, Paired, Pushed, RemoteSide, SharedBans, Tick, Unavailable};
-use crate::matchmaker::queue::{choose, Pair, Parked};
+use crate::matchmaker::queue::{Pair, Parked};
 use crate::moderation::SharedBan;
 use futures_util::StreamExt;
 use peer_stream_shared::SessionId;
@@ -66,8 +69,6 @@ const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 /// How often a node with waiters re-reads the queue: remote waiters reaching their
 /// fallback, cooldowns ending (each node also pairs its own waiters at their deadlines).
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
-/// Claims retried after a conflict (another node paired one of the two first).
-const CLAIM_TRIES: usize = 3;
 /// `partner_left` messages kept for nodes while Redis is unreachable, sent when it is back
 /// (beyond this, the oldest are dropped: those partners learn it from the liveness check
 /// only if the node dies).
@@ -156,27 +157,117 @@ async fn publisher_task(
     }
 }
 
-/// Adds (or updates) a waiter and returns `{seq, HGETALL waiters}`; `{-1, {}}` when asked
-/// to update a waiter that is no longer there (another node paired it).
-/// KEYS: waiters, seq. ARGV: session, node, body, seq ('' = take the next), only-if-present.
+/// The partner rule of [`crate::matchmaker::queue::choose`] in Lua, with the cooldowns and
+/// blocks both waiters carry, so that reading the queue, choosing and claiming is one script
+/// call (one round trip, atomic: nobody is claimed twice). Defines `queue(key)` (the waiters,
+/// longest-waiting first) and `pick(all, me, now_ms, fallback_ms, taken)` (the waiter `me`
+/// is paired with: the first sharing an interest with it, else the first with whom both
+/// are open to anyone; `nil` if nobody). Kept in step with `choose` by the cluster tests,
+/// which check the same rules over several nodes as `pairing.rs` checks on one.
+const PICK_LUA: &str = r"
+local function avoids(body, other, now)
+  for _, p in ipairs(body.a or {}) do
+    if p[1] == other and p[2] > now then return true end
+  end
+  return false
+end
+local function is_open(body, now, fallback)
+  return #(body.i or {}) == 0 or math.max(now - body.t, 0) >= fallback
+end
+local function decoded(e)
+  if e.parsed == nil then
+    local ok, b = pcall(cjson.decode, e.body)
+    if ok and type(b) == 'table' then e.parsed = b else e.parsed = false end
+  end
+  return e.parsed
+end
+local function queue(key)
+  local flat = redis.call('HGETALL', key)
+  local all = {}
+  for i = 1, #flat, 2 do
+    local seq, node, body = string.match(flat[i + 1], '^(%d+)|([^|]*)|(.*)$')
+    if seq then
+      table.insert(all, {seq = tonumber(seq), session = flat[i], node = node, body = body, raw = flat[i + 1]})
+    end
+  end
+  table.sort(all, function(x, y) return x.seq < y.seq end)
+  return all
+end
+local function pick(all, me, now, fallback, taken)
+  local mb = decoded(me)
+  if not mb then return nil end
+  local mine = mb.i or {}
+  local me_open = is_open(mb, now, fallback)
+  local second_choice = nil
+  for _, e in ipairs(all) do
+    if e.session ~= me.session and not taken[e.session] then
+      local b = decoded(e)
+      if b and not avoids(mb, e.session, now) and not avoids(b, me.session, now) then
+        local theirs = b.i or {}
+        for _, x in ipairs(mine) do
+          for _, y in ipairs(theirs) do
+            if x == y then return e end
+          end
+        end
+        if second_choice == nil and me_open and is_open(b, now, fallback) then
+          if #mine == 0 then return e end
+          second_choice = e
+        end
+      end
+    end
+  end
+  return second_choice
+end
+";
+
+/// Adds (or updates) a waiter and, when asked, pairs it at once: returns `{seq, waiting,
+/// partner, partner's value}` (strings; `partner` empty when nobody was claimed; `waiting`
+/// counted before the claim). `{-1, 0, '', ''}` when asked to update a waiter that is no
+/// longer there (another node paired it).
+/// KEYS: waiters, seq. ARGV: session, node, body, seq ('' = take the next), only-if-present,
+/// pair ('1'), now (ms), fallback (ms).
 const PUSH_LUA: &str = r"
-if ARGV[5] == '1' and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
-  return {-1, {}}
+local w = KEYS[1]
+if ARGV[5] == '1' and redis.call('HEXISTS', w, ARGV[1]) == 0 then
+  return {'-1', '0', '', ''}
 end
 local seq = ARGV[4]
 if seq == '' then seq = tostring(redis.call('INCR', KEYS[2])) end
-redis.call('HSET', KEYS[1], ARGV[1], seq .. '|' .. ARGV[2] .. '|' .. ARGV[3])
-return {tonumber(seq), redis.call('HGETALL', KEYS[1])}
+local raw = seq .. '|' .. ARGV[2] .. '|' .. ARGV[3]
+redis.call('HSET', w, ARGV[1], raw)
+local waiting = tostring(redis.call('HLEN', w))
+if ARGV[6] ~= '1' then return {seq, waiting, '', ''} end
+local me = {seq = tonumber(seq), session = ARGV[1], node = ARGV[2], body = ARGV[3], raw = raw}
+local other = pick(queue(w), me, tonumber(ARGV[7]), tonumber(ARGV[8]), {})
+if not other then return {seq, waiting, '', ''} end
+redis.call('HDEL', w, ARGV[1], other.session)
+return {seq, waiting, other.session, other.raw}
 ";
 
-/// Removes two waiters only if both are still exactly as read: 1, else 0 (nothing done).
-/// KEYS: waiters. ARGV: a, a's value, b, b's value.
-const CLAIM_LUA: &str = r"
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] and redis.call('HGET', KEYS[1], ARGV[3]) == ARGV[4] then
-  redis.call('HDEL', KEYS[1], ARGV[1], ARGV[3])
-  return 1
+/// Pairs this node's waiters (longest-waiting first) with anyone: returns `{waiting after,
+/// a, a's value, b, b's value, …}` (strings), each `a` this node's.
+/// KEYS: waiters. ARGV: node, now (ms), fallback (ms).
+const POLL_LUA: &str = r"
+local all = queue(KEYS[1])
+local now, fallback = tonumber(ARGV[2]), tonumber(ARGV[3])
+local taken = {}
+local out = {''}
+for _, me in ipairs(all) do
+  if me.node == ARGV[1] and not taken[me.session] then
+    local other = pick(all, me, now, fallback, taken)
+    if other then
+      taken[me.session] = true
+      taken[other.session] = true
+      redis.call('HDEL', KEYS[1], me.session, other.session)
+      table.insert(out, me.session)
+      table.insert(out, me.raw)
+      table.insert(out, other.session)
+      table.insert(out, other.raw)
+    end
+  end
 end
-return 0
+out[1] = tostring(redis.call('HLEN', KEYS[1]))
+return out
 ";
 
 /// A node's tick: refreshes its liveness and its online count, drops dead nodes and their
@@ -247,37 +338,26 @@ impl Entry {
             raw,
         })
     }
-
-    /// Whether this waiter must not be paired with `other` at `now_ms`.
-    fn avoids(&self, other: &SessionId, now_ms: u64) -> bool {
-        self.body
-            .a
-            .iter()
-            .any(|(s, until)| s == other && *until > now_ms)
-    }
-}
-
-/// The waiters of a `HGETALL` (a flat list of field, value), longest-waiting first.
-fn parse_entries(flat: Vec<String>) -> Vec<Entry> {
-    let mut entries = Vec::with_capacity(flat.len() / 2);
-    let mut it = flat.into_iter();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        match Entry::parse(k, v) {
-            Some(e) => entries.push(e),
-            None => tracing::warn!("an unreadable waiter in Redis, skipped"),
-        }
-    }
-    entries.sort_by_key(|e| e.seq);
-    entries
 }
 
 /// What this node knows of its own waiters.
 #[derive(Debug)]
 struct Mine {
     seq: u64,
+    /// Written again after Redis came back: another node may have claimed it just before,
+    /// so when that node's `matched` arrives its entry is deleted once more.
+    resynced: bool,
     interests: Vec<String>,
     since_ms: u64,
     ip: IpAddr,
+}
+
+/// What writing a waiter did.
+struct Put {
+    /// The people waiting, including it (before it was paired).
+    waiting: u64,
+    /// The pair formed at once.
+    paired: Option<Paired>,
 }
 
 fn now_ms() -> u64 {
@@ -317,7 +397,7 @@ pub struct RedisCluster {
     others_online: u64,
     waiting: u64,
     push: Script,
-    claim: Script,
+    pair: Script,
     tick: Script,
     /// Relays and `partner_left` messages for other nodes, published in order by
     /// [`publisher_task`] (pipelined: the actor never waits for them). `None` once shut down.
@@ -342,7 +422,12 @@ impl RedisCluster {
         shutdown: &CancellationToken,
         tracker: &TaskTracker,
     ) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)
+        // TCP_NODELAY (the client's default leaves Nagle's algorithm on): a publish or a
+        // script call must not wait behind an earlier small write's acknowledgement.
+        let info = redis::IntoConnectionInfo::into_connection_info(url)
+            .map_err(|e| anyhow::anyhow!("--redis {url:?} is not a usable Redis URL: {e}"))?;
+        let info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info)
             .map_err(|e| anyhow::anyhow!("--redis {url:?} is not a usable Redis URL: {e}"))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(OP_TIMEOUT))
@@ -397,8 +482,8 @@ impl RedisCluster {
             last_poll: Instant::now(),
             others_online: 0,
             waiting: 0,
-            push: Script::new(PUSH_LUA),
-            claim: Script::new(CLAIM_LUA),
+            push: Script::new(&format!("{PICK_LUA}{PUSH_LUA}")),
+            pair: Script::new(&format!("{PICK_LUA}{POLL_LUA}")),
             tick: Script::new(TICK_LUA),
             outgoing: Some(outgoing),
             publisher: Some(publisher),
@@ -464,25 +549,28 @@ impl RedisCluster {
     }
 
     /// Writes this node's waiter `session` (a new one takes the next arrival number unless
-    /// `seq` is given); returns the whole queue after it. `Ok(None)`: `only_if_present`
-    /// and the waiter was no longer there (another node paired it).
+    /// `seq` is given) and, with `pair`, pairs it at once in the same script call.
+    /// `Ok(None)`: `only_if_present` and the waiter was no longer there (another node
+    /// paired it).
     async fn put(
         &mut self,
         session: &SessionId,
         seq: Option<u64>,
         only_if_present: bool,
-    ) -> Result<Option<Vec<Entry>>, Unavailable> {
+        pair: bool,
+    ) -> Result<Option<Put>, Unavailable> {
         if !self.ready() {
             return Err(Unavailable);
         }
         let Some(me) = self.mine.get(session) else {
             return Ok(None);
         };
+        let now = now_ms();
         let body = Body {
             i: me.interests.clone(),
             t: me.since_ms,
             ip: me.ip,
-            a: self.avoid_list(session, now_ms()),
+            a: self.avoid_list(session, now),
         };
         let json = serde_json::to_string(&body).map_err(|_| Unavailable)?;
         let mut con = self.con.clone();
@@ -491,10 +579,13 @@ impl RedisCluster {
             .key(SEQ)
             .arg(&session.0)
             .arg(&self.node)
-            .arg(json)
+            .arg(&json)
             .arg(seq.map(|s| s.to_string()).unwrap_or_default())
-            .arg(if only_if_present { "1" } else { "0" });
-        let (seq, flat): (i64, Vec<String>) = self
+            .arg(if only_if_present { "1" } else { "0" })
+            .arg(if pair { "1" } else { "0" })
+            .arg(now)
+            .arg(millis(self.fallback));
+        let (seq, waiting, partner, partner_raw): (i64, u64, String, String) = self
             .call("queue a waiter", inv.invoke_async(&mut con))
             .await
             .ok_or(Unavailable)?;
@@ -505,51 +596,72 @@ impl RedisCluster {
         if let Some(me) = self.mine.get_mut(session) {
             me.seq = seq;
         }
-        let entries = parse_entries(flat);
-        self.waiting = entries.len() as u64;
-        Ok(Some(entries))
+        self.waiting = waiting;
+        if partner.is_empty() {
+            return Ok(Some(Put {
+                waiting,
+                paired: None,
+            }));
+        }
+        self.waiting = waiting.saturating_sub(2);
+        let me = Entry {
+            session: session.clone(),
+            seq,
+            node: self.node.clone(),
+            body,
+            raw: format!("{seq}|{}|{json}", self.node),
+        };
+        // Both left the queue. An unreadable partner (cannot happen: every node writes the
+        // same format) is put back as it was, and so is this waiter.
+        let paired = match Entry::parse(partner.clone(), partner_raw.clone()) {
+            Some(other) => self.claimed_pair(me, other, now).await,
+            None => {
+                tracing::warn!("an unreadable waiter in Redis, put back");
+                self.restore(&[(&partner, &partner_raw), (&me.session.0, &me.raw)])
+                    .await;
+                None
+            }
+        };
+        Ok(Some(Put { waiting, paired }))
     }
 
-    /// The best partner for `me` among `entries` (same rules as the in-memory queue),
-    /// skipping the sessions in `taken`.
-    fn pick<'a>(
-        &self,
-        me: &Entry,
-        entries: &'a [Entry],
-        taken: &HashSet<SessionId>,
-        now_ms: u64,
-    ) -> Option<&'a Entry> {
-        let fallback = millis(self.fallback);
-        let open = |e: &Entry| e.body.i.is_empty() || now_ms.saturating_sub(e.body.t) >= fallback;
-        let others = entries.iter().filter(|e| {
-            e.session != me.session
-                && !taken.contains(&e.session)
-                && !me.avoids(&e.session, now_ms)
-                && !e.avoids(&me.session, now_ms)
-                && !self.blocked(&me.session, &e.session)
-        });
-        choose(
-            &me.body.i,
-            open(me),
-            others.map(|e| (e, e.body.i.as_slice(), open(e))),
-        )
+    /// Two waiters a script claimed: their pair, unless a side of this node no longer
+    /// waits here (an entry left behind while Redis was unreachable); then the other side
+    /// gets its place in the queue back.
+    async fn claimed_pair(&mut self, x: Entry, y: Entry, now_ms: u64) -> Option<Paired> {
+        let stale = |e: &Entry| e.node == self.node && !self.mine.contains_key(&e.session);
+        let (sx, sy) = (stale(&x), stale(&y));
+        if !sx && !sy {
+            return Some(self.paired(&x, &y, now_ms));
+        }
+        tracing::warn!("a stale waiter of this node was claimed; the other is put back");
+        let back: Vec<(&String, &String)> = [(&x, sx), (&y, sy)]
+            .into_iter()
+            .filter(|(_, stale)| !*stale)
+            .map(|(e, _)| (&e.session.0, &e.raw))
+            .collect();
+        self.restore(&back).await;
+        None
     }
 
-    /// Claims `a` and `b` if both are still waiting as read. `Err`: Redis unreachable.
-    async fn claim_pair(&mut self, a: &Entry, b: &Entry) -> Result<bool, Unavailable> {
+    /// Puts claimed waiters back as they were (unless written again meanwhile).
+    async fn restore(&mut self, entries: &[(&String, &String)]) {
+        if entries.is_empty() {
+            return;
+        }
         let mut con = self.con.clone();
-        let mut inv = self.claim.prepare_invoke();
-        inv.key(WAITERS)
-            .arg(&a.session.0)
-            .arg(&a.raw)
-            .arg(&b.session.0)
-            .arg(&b.raw);
-        let won: i64 = self
-            .call("claim a pair", inv.invoke_async(&mut con))
-            .await
-            .ok_or(Unavailable)?;
+        let mut pipe = redis::pipe();
+        for (session, raw) in entries {
+            pipe.cmd("HSETNX")
+                .arg(WAITERS)
+                .arg(*session)
+                .arg(*raw)
+                .ignore();
+        }
+        let _: Option<()> = self
+            .call("put waiters back", pipe.query_async(&mut con))
+            .await;
         self.version += 1;
-        Ok(won == 1)
     }
 
     /// The pair of two claimed waiters, as this node sees it; both leave `mine`.
@@ -586,35 +698,6 @@ impl RedisCluster {
         Paired { pair, remote }
     }
 
-    /// Pairs this node's waiter `session` from the queue `entries`, re-reading the queue
-    /// after a lost claim (another node was faster) a few times.
-    async fn pair_from(&mut self, session: &SessionId, mut entries: Vec<Entry>) -> Option<Paired> {
-        for _ in 0..CLAIM_TRIES {
-            let now = now_ms();
-            let me = entries.iter().find(|e| e.session == *session)?;
-            let other = self.pick(me, &entries, &HashSet::new(), now)?;
-            match self.claim_pair(me, other).await {
-                Ok(true) => return Some(self.paired(me, other, now)),
-                Ok(false) => entries = self.read_queue().await?,
-                Err(Unavailable) => return None,
-            }
-        }
-        None
-    }
-
-    async fn read_queue(&mut self) -> Option<Vec<Entry>> {
-        let mut con = self.con.clone();
-        let flat: Vec<String> = self
-            .call(
-                "read the queue",
-                redis::cmd("HGETALL").arg(WAITERS).query_async(&mut con),
-            )
-            .await?;
-        let entries = parse_entries(flat);
-        self.waiting = entries.len() as u64;
-        Some(entries)
-    }
-
     async fn hdel(&mut self, sessions: &[&SessionId]) -> Option<i64> {
         if !self.ready() || sessions.is_empty() {
             return None;
@@ -644,8 +727,11 @@ impl RedisCluster {
             "Redis is back: re-queueing this node's waiters"
         );
         for (s, seq) in sessions {
+            if let Some(me) = self.mine.get_mut(&s) {
+                me.resynced = true;
+            }
             if self
-                .put(&s, Some(seq).filter(|n| *n > 0), false)
+                .put(&s, Some(seq).filter(|n| *n > 0), false, false)
                 .await
                 .is_err()
             {
@@ -690,32 +776,43 @@ impl Cluster for RedisCluster {
         if self.mine.is_empty() || !self.ready() {
             return Vec::new();
         }
-        let Some(entries) = self.read_queue().await else {
+        // One script call reads the queue and claims every pair it can make for this
+        // node's waiters (remote waiters reaching their fallback, cooldowns ending).
+        let now_ms = now_ms();
+        let mut con = self.con.clone();
+        let mut inv = self.pair.prepare_invoke();
+        inv.key(WAITERS)
+            .arg(&self.node)
+            .arg(now_ms)
+            .arg(millis(self.fallback));
+        let Some(flat) = self
+            .call::<Vec<String>, _>("pair waiters", inv.invoke_async(&mut con))
+            .await
+        else {
             return Vec::new();
         };
-        let now_ms = now_ms();
-        let mut taken = HashSet::new();
+        self.version += 1;
+        let mut it = flat.into_iter();
+        if let Some(waiting) = it.next().and_then(|w| w.parse().ok()) {
+            self.waiting = waiting;
+        }
         let mut pairs = Vec::new();
-        let local: Vec<usize> = (0..entries.len())
-            .filter(|i| entries[*i].node == self.node)
-            .collect();
-        for i in local {
-            let me = &entries[i];
-            if taken.contains(&me.session) || !self.mine.contains_key(&me.session) {
-                continue;
-            }
-            let Some(other) = self.pick(me, &entries, &taken, now_ms) else {
-                continue;
-            };
-            match self.claim_pair(me, other).await {
-                Ok(true) => {
-                    taken.insert(me.session.clone());
-                    taken.insert(other.session.clone());
-                    pairs.push(self.paired(me, other, now_ms));
+        while let (Some(a), Some(a_raw), Some(b), Some(b_raw)) =
+            (it.next(), it.next(), it.next(), it.next())
+        {
+            match (
+                Entry::parse(a.clone(), a_raw.clone()),
+                Entry::parse(b.clone(), b_raw.clone()),
+            ) {
+                (Some(x), Some(y)) => {
+                    if let Some(p) = self.claimed_pair(x, y, now_ms).await {
+                        pairs.push(p);
+                    }
                 }
-                // Lost to another node: the next poll reads the queue again.
-                Ok(false) => {}
-                Err(Unavailable) => break,
+                _ => {
+                    tracing::warn!("an unreadable waiter in Redis, put back");
+                    self.restore(&[(&a, &a_raw), (&b, &b_raw)]).await;
+                }
             }
         }
         pairs
@@ -754,6 +851,7 @@ impl Cluster for RedisCluster {
                     session.clone(),
                     Mine {
                         seq: 0,
+                        resynced: false,
                         interests,
                         since_ms: now_ms(),
                         ip,
@@ -762,8 +860,8 @@ impl Cluster for RedisCluster {
             }
         }
         let seq = self.mine.get(&session).map(|m| m.seq).filter(|s| *s > 0);
-        let entries = match self.put(&session, seq, present).await {
-            Ok(Some(entries)) => entries,
+        let put = match self.put(&session, seq, present, true).await {
+            Ok(Some(put)) => put,
             // Already paired by another node: its `matched` is on the way.
             Ok(None) => {
                 return Ok(Pushed {
@@ -778,9 +876,10 @@ impl Cluster for RedisCluster {
                 return Err(e);
             }
         };
-        let waiting = entries.len() as u64;
-        let paired = self.pair_from(&session, entries).await;
-        Ok(Pushed { waiting, paired })
+        Ok(Pushed {
+            waiting: put.waiting,
+            paired: put.paired,
+        })
     }
 
     async fn remove(&mut self, session: &SessionId) -> bool {
@@ -825,6 +924,7 @@ impl Cluster for RedisCluster {
             session.clone(),
             Mine {
                 seq: parked.seq,
+                resynced: false,
                 interests: parked.interests,
                 since_ms: now_ms().saturating_sub(millis(waited)),
                 ip,
@@ -832,8 +932,7 @@ impl Cluster for RedisCluster {
         );
         // Unreachable: it stays in `mine` and is written again when Redis is back.
         let seq = Some(parked.seq).filter(|s| *s > 0);
-        let entries = self.put(&session, seq, false).await.ok()??;
-        self.pair_from(&session, entries).await
+        self.put(&session, seq, false, true).await.ok()??.paired
     }
 
     fn record_skip(&mut self, a: &SessionId, b: &SessionId, now: Instant) {
@@ -861,7 +960,7 @@ impl Cluster for RedisCluster {
         // A waiter's entry carries its blocks: write it again so other nodes see this one.
         for s in [a, b] {
             if let Some(seq) = self.mine.get(s).map(|m| m.seq) {
-                let _ = self.put(s, Some(seq).filter(|n| *n > 0), true).await;
+                let _ = self.put(s, Some(seq).filter(|n| *n > 0), true, false).await;
             }
         }
     }
@@ -959,19 +1058,22 @@ impl Cluster for RedisCluster {
     }
 
     async fn send_to(&mut self, node: &str, msg: &NodeMsg) -> Result<(), Unavailable> {
-        let retry = match msg {
-            // Rare, and its sender must know at once whether it went (else the local side
-            // is told the match is off): one awaited PUBLISH.
-            NodeMsg::Matched { .. } => return self.publish(node, msg).await,
-            NodeMsg::Relay { .. } => false,
-            // Kept and sent again when Redis is back: a partner on another node must not
-            // stay in a match with nobody.
-            NodeMsg::PartnerLeft { .. } => true,
+        // `retry`: kept and sent again should a publish fail (when Redis is back). `now`:
+        // refused at once while Redis is unreachable.
+        let (retry, now) = match msg {
+            // Through the ordered publisher like a relay, so a pairing costs the actor no
+            // round trip; kept, so the partner's node learns of the match even after a
+            // failed publish (or the liveness check ends it here). While Redis is
+            // unreachable the local side is told the match is off instead.
+            NodeMsg::Matched { .. } => (true, true),
+            NodeMsg::Relay { .. } => (false, true),
+            // A partner on another node must not stay in a match with nobody.
+            _ => (true, false),
         };
-        if !self.ready() && !retry {
+        let ready = self.ready();
+        if now && !ready {
             return Err(Unavailable);
         }
-        let ready = self.ready();
         let payload = serde_json::to_string(msg).map_err(|_| Unavailable)?;
         let out = Outgoing {
             channel: format!("{CHANNEL_PREFIX}{node}"),
@@ -1076,7 +1178,7 @@ impl Cluster for RedisCluster {
     async fn claimed(&mut self, session: &SessionId) {
         // The claimer already removed it from Redis; this only matters if it was written
         // again meanwhile (a resync after an outage), so it cannot be paired twice.
-        if self.mine.remove(session).is_some() {
+        if self.mine.remove(session).is_some_and(|m| m.resynced) {
             self.hdel(&[session]).await;
         }
     }
@@ -1190,25 +1292,6 @@ async fn pubsub_task(
 }
 
 impl RedisCluster {
-    /// One PUBLISH of `msg` on `node`'s channel.
-    async fn publish(&mut self, node: &str, msg: &NodeMsg) -> Result<(), Unavailable> {
-        if !self.ready() {
-            return Err(Unavailable);
-        }
-        let payload = serde_json::to_string(msg).map_err(|_| Unavailable)?;
-        let mut con = self.con.clone();
-        let cmd = redis::cmd("PUBLISH")
-            .arg(format!("{CHANNEL_PREFIX}{node}"))
-            .arg(payload)
-            .to_owned();
-        // 0 receivers: that node is gone; its sessions' partners learn it from the
-        // liveness check, so this is not an error here.
-        self.call::<i64, _>("publish to a node", cmd.query_async(&mut con))
-            .await
-            .map(|_| ())
-            .ok_or(Unavailable)
-    }
-
     /// The shared bans (after `ps:bans:v` moved to `version`), and which were dropped
     /// since the last read.
     async fn read_bans(&mut self, version: i64) -> Option<SharedBans> {
