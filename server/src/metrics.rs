@@ -15,7 +15,8 @@ const MATCH_BUCKETS: [f64; 12] = [
 const CALL_SETUP_BUCKETS: [f64; 7] = [0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0];
 
 /// How an `undo_next` ended, the label of `peer_stream_undo_total{result=…}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum UndoResult {
     /// The two were matched again (`matched` with `resumed: true`).
     Resumed,

@@ -18,25 +18,6 @@ async fn undo(c: &mut TestClient) {
     c.send_json(&json!({"type": "undo_next"})).await;
 }
 
-/// Expects `matched` with `resumed: true` and returns it.
-async fn expect_resumed(c: &mut TestClient) -> Matched {
-    let m = c.expect_matched().await;
-    assert_eq!(
-        m.raw["resumed"], true,
-        "[{}] resumed match: {}",
-        c.label, m.raw
-    );
-    m
-}
-
-/// Chat from `from` reaches `to` in `match_id`: both are in that match.
-async fn chat_flows(from: &mut TestClient, to: &mut TestClient, match_id: &str, text: &str) {
-    from.chat(match_id, text).await;
-    let v = to.expect_type("chat").await;
-    assert_eq!(v["match_id"], match_id, "[{}] {v}", to.label);
-    assert_eq!(v["text"], text, "[{}] {v}", to.label);
-}
-
 fn config_without_cooldown() -> peer_stream_server::Config {
     let mut cfg = test_config();
     cfg.rematch_cooldown_secs = 0;

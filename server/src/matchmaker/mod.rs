@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod handover;
 pub mod queue;
+mod undo_remote;
 
 use crate::ice::IceConfig;
 use crate::metrics::{Metrics, UndoResult};
@@ -192,8 +193,8 @@ struct PastMatch {
 /// What a session's last `next` skipped, so `undo_next` can bring it back.
 struct UndoTicket {
     partner: SessionId,
-    /// The partner is served by another node.
-    remote: bool,
+    /// The node serving the partner when it is not this one.
+    node: Option<String>,
     /// The match the `next` ended.
     match_id: MatchId,
     until: Instant,
@@ -307,6 +308,8 @@ pub struct Matchmaker<C: Cluster> {
     /// Sessions handed over to another node → that node, until the resume window ends:
     /// what other nodes still send here for them is forwarded.
     moved: HashMap<SessionId, (String, Instant)>,
+    /// `undo_next`s waiting for the partner's node: skipper → (partner, give up at).
+    remote_undos: HashMap<SessionId, (SessionId, Instant)>,
     /// On shutdown, how long a cluster node keeps handing its sessions over to the nodes
     /// their clients reconnect to (zero: it stops at once).
     drain: Duration,
@@ -379,6 +382,7 @@ impl<C: Cluster> Matchmaker<C> {
             pending: HashMap::new(),
             pending_order: VecDeque::new(),
             moved: HashMap::new(),
+            remote_undos: HashMap::new(),
             drain: Duration::ZERO,
             keep_records: false,
             dirty: HashSet::new(),
@@ -928,7 +932,7 @@ impl<C: Cluster> Matchmaker<C> {
             } else if let Some((match_id, partner, node)) = skipped {
                 c.undo = Some(UndoTicket {
                     partner,
-                    remote: node.is_some(),
+                    node,
                     match_id,
                     until: Instant::now() + UNDO_WINDOW,
                 });
@@ -956,35 +960,13 @@ impl<C: Cluster> Matchmaker<C> {
             );
         };
         let partner = ticket.partner;
-        let refusal = match self.conns.get(&partner) {
-            // Served by another node (or gone): an undo across nodes is not supported yet.
-            None if ticket.remote => Some((
-                UndoResult::Gone,
-                "the stranger is connected to another server",
-            )),
-            None => Some((UndoResult::Gone, "the stranger has left")),
-            Some(p) if matches!(p.link, Link::Away(_)) => {
-                Some((UndoResult::Gone, "the stranger's connection dropped"))
-            }
-            Some(p) if p.stopped && p.state == State::Idle => {
-                Some((UndoResult::Gone, "the stranger has stopped"))
-            }
-            Some(p)
-                if matches!(p.state, State::InMatch(_))
-                    || p.recent_matches.front().map(|m| &m.match_id) != Some(&ticket.match_id) =>
-            {
-                Some((
-                    UndoResult::Busy,
-                    "the stranger is already talking to someone new",
-                ))
-            }
-            Some(_) if self.cluster.blocked(&session, &partner) => Some((
-                UndoResult::Blocked,
-                "you can't be matched with this stranger again",
-            )),
-            Some(_) => None,
-        };
-        if let Some((result, message)) = refusal {
+        if let Some(node) = ticket.node {
+            // Served by another node: that node checks and answers (`undo_remote.rs`).
+            return self
+                .ask_remote_undo(session, partner, node, ticket.match_id)
+                .await;
+        }
+        if let Some((result, message)) = self.undo_refusal(&session, &partner, &ticket.match_id) {
             return self.refuse_undo(&session, result, message);
         }
         self.cluster.remove(&session).await;
@@ -1020,6 +1002,39 @@ impl<C: Cluster> Matchmaker<C> {
         .await;
         if let Some(third) = third {
             self.enqueue(third).await;
+        }
+    }
+
+    /// Why `skipper` cannot have `partner` (served here) back from `match_id`, if it
+    /// cannot: gone, stopped, away, already in or past a new match, or blocked.
+    fn undo_refusal(
+        &self,
+        skipper: &SessionId,
+        partner: &SessionId,
+        match_id: &MatchId,
+    ) -> Option<(UndoResult, &'static str)> {
+        match self.conns.get(partner) {
+            None => Some((UndoResult::Gone, "the stranger has left")),
+            Some(p) if matches!(p.link, Link::Away(_)) => {
+                Some((UndoResult::Gone, "the stranger's connection dropped"))
+            }
+            Some(p) if p.stopped && p.state == State::Idle => {
+                Some((UndoResult::Gone, "the stranger has stopped"))
+            }
+            Some(p)
+                if matches!(p.state, State::InMatch(_))
+                    || p.recent_matches.front().map(|m| &m.match_id) != Some(match_id) =>
+            {
+                Some((
+                    UndoResult::Busy,
+                    "the stranger is already talking to someone new",
+                ))
+            }
+            Some(_) if self.cluster.blocked(skipper, partner) => Some((
+                UndoResult::Blocked,
+                "you can't be matched with this stranger again",
+            )),
+            Some(_) => None,
         }
     }
 
@@ -1264,6 +1279,7 @@ impl<C: Cluster> Matchmaker<C> {
             partner_ip: local_ip,
             from: self.cluster.node_id().to_owned(),
             waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            resumed,
         };
         if self.cluster.send_to(&node, &msg).await.is_err() {
             tracing::warn!(%local, %node, "could not tell the partner's node about a match");
@@ -1339,7 +1355,9 @@ impl<C: Cluster> Matchmaker<C> {
             NodeMsg::Matched { to, .. }
             | NodeMsg::Relay { to, .. }
             | NodeMsg::PartnerLeft { to, .. }
-            | NodeMsg::PartnerMoved { to, .. } => Some(to),
+            | NodeMsg::PartnerMoved { to, .. }
+            | NodeMsg::UndoAsk { to, .. }
+            | NodeMsg::UndoRefused { to, .. } => Some(to),
             _ => None,
         };
         if let Some(to) = to.filter(|to| !self.conns.contains_key(*to)).cloned() {
@@ -1356,6 +1374,27 @@ impl<C: Cluster> Matchmaker<C> {
             } => self.on_resume_ask(token, req, from, ip).await,
             NodeMsg::Handover { req, session } => self.on_handover(req, *session).await,
             NodeMsg::ResumeRefused { req } => self.on_resume_refused(req).await,
+            NodeMsg::UndoAsk {
+                to,
+                match_id,
+                from,
+                node,
+                ip,
+                interests,
+            } => {
+                let asker = undo_remote::Asker {
+                    session: from,
+                    node,
+                    ip,
+                    interests,
+                };
+                self.on_undo_ask(to, match_id, asker).await;
+            }
+            NodeMsg::UndoRefused {
+                to,
+                result,
+                message,
+            } => self.on_undo_refused(to, result, &message),
             NodeMsg::PartnerMoved {
                 to,
                 match_id,
@@ -1371,7 +1410,12 @@ impl<C: Cluster> Matchmaker<C> {
                 partner_ip,
                 from,
                 waited_ms,
+                resumed,
             } => {
+                if resumed {
+                    let undo = (to, match_id, role, common_interests);
+                    return self.on_remote_rematch(undo, partner, partner_ip, from).await;
+                }
                 let state = self.conns.get(&to).map(|c| &c.state);
                 if state != Some(&State::Waiting) {
                     // It left the queue (or ended) while the other node paired it.
@@ -1470,6 +1514,7 @@ impl<C: Cluster> Matchmaker<C> {
             });
         }
         self.prune_moved(Instant::now());
+        self.expire_remote_undos(Instant::now());
         let Some(alive) = tick.alive else {
             return;
         };

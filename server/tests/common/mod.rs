@@ -906,3 +906,24 @@ pub async fn resume_refused(server: &TestServer, label: &str, token: &str) -> (T
     let t = ticket(label, &w);
     (c, t)
 }
+
+// ---- undo (PROTOCOL.md, "Undo an accidental next") ------------------------------------
+
+/// Expects `matched` with `resumed: true` and returns it.
+pub async fn expect_resumed(c: &mut TestClient) -> Matched {
+    let m = c.expect_matched().await;
+    assert_eq!(
+        m.raw["resumed"], true,
+        "[{}] resumed match: {}",
+        c.label, m.raw
+    );
+    m
+}
+
+/// Chat from `from` reaches `to` in `match_id`: both are in that match.
+pub async fn chat_flows(from: &mut TestClient, to: &mut TestClient, match_id: &str, text: &str) {
+    from.chat(match_id, text).await;
+    let v = to.expect_type("chat").await;
+    assert_eq!(v["match_id"], match_id, "[{}] {v}", to.label);
+    assert_eq!(v["text"], text, "[{}] {v}", to.label);
+}

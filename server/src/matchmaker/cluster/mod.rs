@@ -76,6 +76,9 @@ pub enum NodeMsg {
         /// The sender's node id: where `partner` is served.
         from: String,
         waited_ms: u64,
+        /// The rematch of an `undo_next` (`to` asked for it with [`NodeMsg::UndoAsk`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        resumed: bool,
     },
     /// A relayed `signal`/`chat`/`typing` frame, already serialized for `to`.
     Relay {
@@ -108,6 +111,23 @@ pub enum NodeMsg {
     /// The answer to `ResumeAsk` `req`: the token is unknown, used or expired (or the
     /// address is banned); the receiver starts a new session.
     ResumeRefused { req: String },
+    /// `from` (served by `node`) sent `undo_next` for its `next` that ended `match_id`
+    /// with `to`, served by the receiver: the receiver checks `to` is still free and opens
+    /// the match again (a `Matched` with `resumed`), or answers `UndoRefused`.
+    UndoAsk {
+        to: SessionId,
+        match_id: MatchId,
+        from: SessionId,
+        node: String,
+        ip: IpAddr,
+        interests: Vec<String>,
+    },
+    /// The answer to `UndoAsk` from `to`: no rematch (`result`, and why, for the user).
+    UndoRefused {
+        to: SessionId,
+        result: crate::metrics::UndoResult,
+        message: String,
+    },
     /// `to`'s partner `session` in `match_id` moved (resumed) to the node `node`.
     PartnerMoved {
         to: SessionId,
