@@ -61,6 +61,9 @@ pub struct Summary {
     /// The session's plain lines, in order ("Stranger's connection was lost.",
     /// "Couldn't connect to this stranger — finding someone new.", …).
     pub system_lines: Vec<String>,
+    /// `join`s re-sent because the server answered `unavailable` (a cluster node that
+    /// cannot reach its Redis: "Service busy — retrying"); 0 when the service never was.
+    pub service_busy_retries: u64,
 }
 
 impl Summary {
@@ -95,6 +98,10 @@ pub async fn run(opts: HeadlessOptions, shutdown: impl Future<Output = ()>) -> S
     let mut skip_at: Option<tokio::time::Instant> = None;
     let mut chat_lines = Vec::new();
     let mut system_lines = Vec::new();
+    // Re-sent joins: the phase's own count while the service is busy, summed over
+    // every busy spell.
+    let mut busy_retries = 0u64;
+    let mut busy_seen = 0u32;
     loop {
         let skip = async {
             match skip_at {
@@ -123,7 +130,11 @@ pub async fn run(opts: HeadlessOptions, shutdown: impl Future<Output = ()>) -> S
                     tracing::error!(%code, %message, "the server refused us");
                     break;
                 }
-                Some(EngineEvent::Phase(_)) => {}
+                Some(EngineEvent::Phase(Phase::ServiceBusy { retries })) => {
+                    busy_retries += u64::from(retries.saturating_sub(busy_seen));
+                    busy_seen = retries;
+                }
+                Some(EngineEvent::Phase(_)) => busy_seen = 0,
                 Some(EngineEvent::Notice(Notice::Chat { from_me, text })) => {
                     chat_lines.push(format!("{}: {text}", if from_me { "me" } else { "stranger" }));
                     if !from_me && !text.starts_with(ECHO_PREFIX) {
@@ -138,6 +149,7 @@ pub async fn run(opts: HeadlessOptions, shutdown: impl Future<Output = ()>) -> S
     }
     let mut summary = summarize(&engine, chat_lines);
     summary.system_lines = system_lines;
+    summary.service_busy_retries = busy_retries;
     engine.shutdown().await;
     summary
 }
@@ -184,6 +196,7 @@ pub fn summarize_counters(
         per_match,
         chat_lines,
         system_lines: Vec::new(),
+        service_busy_retries: 0,
     }
 }
 

@@ -8,7 +8,8 @@
 //   say        greet every stranger with this line
 //   echo       answer every stranger line with "echo: <line>" (never echoing an echo)
 // A read-only view of the state is at window.peerStream (state, matchId, role, chat,
-// system, counts, videoHidden, undoLeft, setupMs, stats(), setup).
+// system, counts, videoHidden, undoLeft, setupMs, stats(), setup, serviceBusy,
+// busyRetries).
 //
 // Kinder chat (issue 12): the stranger's video stays blurred until "Show video" (unless
 // "Always show video" is set); Undo (Alt+U) for 5 s after Next; "Check my setup";
@@ -28,6 +29,12 @@
   const TYPING_IDLE_MS = 3000;
   const STRANGER_TYPING_MAX_MS = 15000;
   const RETRY_MAX_MS = 15000;
+  // A cluster node that cannot reach its Redis answers `join`/`next` with `unavailable`
+  // and keeps us idle (PROTOCOL.md): say so and send `join` again after 1 s, 2 s, 4 s …
+  // up to 15 s, each ±25 % so that everyone turned away at once does not return in step.
+  const SERVICE_BUSY_TEXT = 'Service busy — retrying';
+  const BUSY_RETRY_FIRST_MS = 1000;
+  const BUSY_RETRY_MAX_MS = 15000;
   // A call whose media path never comes up, or is lost and not back within this long,
   // is given up: `next` with reason connection_failed (PROTOCOL.md), and on to someone new.
   const CONNECT_TIMEOUT_MS = 10000;
@@ -177,6 +184,14 @@
     strangerTypingTimer: null,
     retryTimer: null,
     retryDelay: 1000,
+    // Service busy: a `join`/`next` awaits its answer (queued, matched or unavailable);
+    // the server turned us away (`unavailable`) and a re-sent join is due; how many
+    // `unavailable`s in a row (the backoff); joins re-sent in all (for tests).
+    joinPending: false,
+    serviceBusy: false,
+    busyTimer: null,
+    busyAttempts: 0,
+    busyRetries: 0,
     fatal: null,
     noticeTimer: null,
     // Live counts (from `counts` messages; null until the first one).
@@ -266,6 +281,10 @@
     const wasWelcomed = s.welcomed;
     s.welcomed = false;
     s.queued = false;
+    // Nothing can be re-sent without a socket; the next welcome joins again (below).
+    clearTimeout(s.busyTimer);
+    s.busyTimer = null;
+    s.joinPending = false;
     // Media flows peer to peer: a call (or a place in the queue) outlives the signaling
     // connection if we come back within the server's resume window. A close the server
     // meant (restart 1001/1012 aside, a ban or a protocol error) ends it as before.
@@ -304,11 +323,14 @@
         s.welcomed = true;
         s.resumeToken = typeof msg.resume_token === 'string' ? msg.resume_token : null;
         const resumed = s.awaitingResume && msg.resumed === true;
+        // A resumed session that the server held idle (service busy) was never queued.
+        const wasBusy = s.serviceBusy;
+        serviceAvailable();
         if (s.awaitingResume) {
           s.awaitingResume = false;
           if (resumed) {
             // Same session, same match or queue place; the partner never noticed.
-            if (s.phase === 'searching') s.queued = true;
+            if (s.phase === 'searching' && !wasBusy) s.queued = true;
             if (s.phase === 'chatting') system('Reconnected to the server.');
           } else if (s.phase === 'chatting') {
             // Too late (the window passed, or the server restarted): the match is gone.
@@ -322,10 +344,11 @@
         s.retryDelay = 1000;
         if (!s.fatal) hideBanner();
         // A resumed session is back in its old queue place: no second join.
-        if (!resumed && s.wantSearch && s.phase === 'searching') sendJoin();
+        if ((!resumed || wasBusy) && s.wantSearch && s.phase === 'searching') sendJoin();
         render();
         break;
       case 'queued':
+        serviceAvailable();
         s.waiting = typeof msg.waiting === 'number' ? msg.waiting : null;
         // `online` only comes with welcome; what we see since then is a lower bound.
         if (s.online !== null && s.waiting !== null) s.online = Math.max(s.online, s.waiting);
@@ -341,6 +364,7 @@
         render();
         break;
       case 'matched':
+        serviceAvailable();
         onMatched(msg);
         break;
       case 'signal':
@@ -407,6 +431,19 @@
         break;
       case 'not_in_match':
         break; // a message crossed the end of a match: harmless
+      case 'unavailable':
+        if (s.phase === 'chatting') {
+          // A relay to a stranger on another node that cannot be reached right now.
+          const text = message || 'not delivered: the service is busy';
+          showNotice(`${text.charAt(0).toUpperCase()}${text.slice(1)}.`);
+        } else if (s.joinPending && s.wantSearch && s.phase === 'searching') {
+          // The answer to our join/next: the server holds us idle.
+          s.joinPending = false;
+          serviceBusy();
+        }
+        // Otherwise a relay that crossed the end of its match, Stop, or a second answer
+        // while a retry is already due: nothing to do.
+        break;
       case 'undo_unavailable':
         s.undoPending = false;
         showNotice(`Can't bring the last stranger back: ${message || 'too late'}.`, 'info');
@@ -447,7 +484,48 @@
   }
 
   function sendJoin() {
-    send({ type: 'join', interests: s.interests });
+    sendQueueRequest({ type: 'join', interests: s.interests });
+  }
+
+  /// `join` or `next` (answered by queued, matched or unavailable); replaces a re-sent
+  /// join that is still due.
+  function sendQueueRequest(msg) {
+    clearTimeout(s.busyTimer);
+    s.busyTimer = null;
+    if (send(msg)) s.joinPending = true;
+  }
+
+  /// `unavailable` answered our join/next: say so (once per spell) and join again after
+  /// the next, longer wait.
+  function serviceBusy() {
+    s.busyAttempts += 1;
+    if (!s.serviceBusy) {
+      s.serviceBusy = true;
+      system(SERVICE_BUSY_TEXT);
+    }
+    const base = Math.min(BUSY_RETRY_FIRST_MS * 2 ** Math.min(s.busyAttempts - 1, 16), BUSY_RETRY_MAX_MS);
+    clearTimeout(s.busyTimer);
+    s.busyTimer = setTimeout(retryJoin, base * (0.75 + 0.5 * Math.random()));
+    render();
+  }
+
+  function retryJoin() {
+    s.busyTimer = null;
+    if (!s.serviceBusy || !s.wantSearch || s.phase !== 'searching' || !s.welcomed) return;
+    s.busyRetries += 1;
+    sendJoin();
+  }
+
+  /// Queued, matched, stopped or a new connection: no retry due, the backoff starts over.
+  function serviceAvailable() {
+    clearTimeout(s.busyTimer);
+    s.busyTimer = null;
+    s.joinPending = false;
+    s.busyAttempts = 0;
+    if (s.serviceBusy) {
+      s.serviceBusy = false;
+      render();
+    }
   }
 
   function onMatched(msg) {
@@ -497,7 +575,7 @@
   /// Next (not the one after a report) can be undone for 5 s.
   function skip({ undoable = true } = {}) {
     if (s.phase !== 'chatting') return;
-    send({ type: 'next' });
+    sendQueueRequest({ type: 'next' });
     endCall();
     s.queued = false;
     clearLog();
@@ -583,6 +661,7 @@
 
   function stop() {
     clearUndo();
+    serviceAvailable();
     if (s.phase === 'chatting') {
       send({ type: 'leave' });
       endCall();
@@ -959,7 +1038,7 @@
       s.reportedMatch = s.matchId;
       send({ type: 'call_report', match_id: s.matchId, path: 'failed', setup_ms: null });
     }
-    send({ type: 'next', reason: 'connection_failed' });
+    sendQueueRequest({ type: 'next', reason: 'connection_failed' });
     endCall();
     s.queued = false;
     system("Couldn't connect to this stranger — finding someone new.");
@@ -1563,9 +1642,9 @@
       status = s.fatal ? 'Not available right now.' : 'Press Start to meet someone new.';
     } else if (p === 'searching') {
       spinning = true;
-      status = s.welcomed
-        ? `Looking for a stranger… (${countsText || `${(s.online ?? 1).toLocaleString()} online`})`
-        : 'Connecting to the server…';
+      if (!s.welcomed) status = 'Connecting to the server…';
+      else if (s.serviceBusy) status = SERVICE_BUSY_TEXT;
+      else status = `Looking for a stranger… (${countsText || `${(s.online ?? 1).toLocaleString()} online`})`;
     } else if (p === 'chatting') {
       const state = s.pc ? s.pc.connectionState : 'new';
       if (s.peerLost) {
@@ -1729,6 +1808,8 @@
     get chatMuted() { return s.chatMuted; },
     get setup() { return s.setup ? JSON.parse(JSON.stringify(s.setup)) : null; },
     get toneCount() { return s.toneCount || 0; },
+    get serviceBusy() { return s.serviceBusy; },
+    get busyRetries() { return s.busyRetries; },
     stats,
   });
 

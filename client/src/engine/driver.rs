@@ -13,7 +13,7 @@ use crate::media::playback::AudioSink;
 use crate::net::peer::{parse_signal, IcePolicy, PeerEvent, PeerSettings, PeerState};
 use crate::net::signaling::{self, SignalingEvent};
 use crate::session::machine::{
-    Input, Notice, Output, Phase, Session, Status, PEER_GIVE_UP, UNDO_WINDOW,
+    join_retry_delay, Input, Notice, Output, Phase, Session, Status, PEER_GIVE_UP, UNDO_WINDOW,
 };
 use peer_stream_shared::{CallPath, ClientMessage, MatchId, Role, SignalPayload};
 use std::sync::atomic::Ordering::Relaxed;
@@ -35,8 +35,8 @@ pub struct Driver {
     pub cancel: CancellationToken,
 }
 
-/// Resolves at the end of the open undo window or give-up timer (never when none is
-/// open) with its number.
+/// Resolves at the end of the open undo window, give-up timer or join retry wait (never
+/// when none is open) with its number.
 async fn undo_expiry(undo: Option<(u64, tokio::time::Instant)>) -> u64 {
     match undo {
         Some((generation, at)) => {
@@ -81,6 +81,8 @@ impl Driver {
         let mut undo: Option<(u64, tokio::time::Instant)> = None;
         // The running give-up timer of the call: its number and when it runs out.
         let mut peer_timer: Option<(u64, tokio::time::Instant)> = None;
+        // The re-sent `join` after `unavailable`: its number and when it is due.
+        let mut join_retry: Option<(u64, tokio::time::Instant)> = None;
 
         loop {
             tokio::select! {
@@ -92,6 +94,10 @@ impl Driver {
                 generation = undo_expiry(peer_timer) => {
                     peer_timer = None;
                     session.handle(Input::PeerTimeout(generation));
+                }
+                generation = undo_expiry(join_retry) => {
+                    join_retry = None;
+                    session.handle(Input::JoinRetry(generation));
                 }
                 cmd = self.commands.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -204,6 +210,14 @@ impl Driver {
                 if status.peer_timer != last_status.peer_timer {
                     let now = tokio::time::Instant::now();
                     peer_timer = status.peer_timer.map(|g| (g, now + PEER_GIVE_UP));
+                }
+                if status.join_retry != last_status.join_retry {
+                    let now = tokio::time::Instant::now();
+                    join_retry = status.join_retry.map(|r| {
+                        let wait = join_retry_delay(r.attempt, rand::random::<f64>());
+                        tracing::info!(attempt = r.attempt, ?wait, "service busy: join again");
+                        (r.generation, now + wait)
+                    });
                 }
                 let undo_until = undo.map(|(_, at)| at.into_std());
                 self.update(|s| {

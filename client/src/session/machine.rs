@@ -3,7 +3,9 @@
 //! start or stop). No sockets, no clocks, no threads, so every transition is unit-tested.
 //!
 //! Phases: idle → searching → matched → connecting → live → ended, with reconnecting
-//! when the server is lost. The machine also remembers whether the user *wants* to be
+//! when the server is lost, and service busy when a cluster node cannot queue us
+//! (`error` `unavailable`: its shared store is unreachable) and `join` is re-sent
+//! with backoff. The machine also remembers whether the user *wants* to be
 //! searching, so after a server restart it re-joins the queue on its own.
 //!
 //! A lost server connection does not end a call: media flows peer to peer, and the
@@ -32,6 +34,40 @@ pub const PEER_GIVE_UP: Duration = Duration::from_secs(10);
 /// through the TURN relay only, before giving up (see [`Status::relay_retry`]).
 pub const RELAY_RETRY_LINE: &str = "Still no connection — trying once more through a relay server…";
 
+/// What the app shows (and logs as a system line) while the server cannot queue it and
+/// `join` is re-sent with backoff (see [`Phase::ServiceBusy`]).
+pub const SERVICE_BUSY_LINE: &str = "Service busy — retrying";
+
+/// The wait before the first `join` re-sent after `unavailable`; each further one waits
+/// twice as long, up to [`JOIN_RETRY_MAX`].
+pub const JOIN_RETRY_FIRST: Duration = Duration::from_secs(1);
+
+/// The longest wait between two re-sent `join`s (before jitter).
+pub const JOIN_RETRY_MAX: Duration = Duration::from_secs(15);
+
+/// The wait before re-sending `join` for the `attempt`-th `unavailable` in a row
+/// (1-based): 1 s, 2 s, 4 s, 8 s, then 15 s, each scaled by 0.75–1.25 as `jitter` in
+/// [0, 1) says, so that every app turned away by one outage does not come back in step.
+/// The driver draws `jitter` (the machine has no randomness, as it has no clock).
+pub fn join_retry_delay(attempt: u32, jitter: f64) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(16);
+    let base = JOIN_RETRY_FIRST
+        .saturating_mul(1u32 << doublings)
+        .min(JOIN_RETRY_MAX);
+    base.mul_f64(0.75 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// A re-sent `join` that is due (see [`Status::join_retry`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JoinRetry {
+    /// Its number: it changes whenever a retry is armed, so the driver restarts its sleep.
+    pub generation: u64,
+    /// How many `unavailable` answers came in a row: the driver waits
+    /// [`join_retry_delay`]`(attempt, jitter)` before it hands back
+    /// [`Input::JoinRetry`]`(generation)`.
+    pub attempt: u32,
+}
+
 /// Where the session is; what the UI shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -49,6 +85,13 @@ pub enum Phase {
     Ended { reason: EndReason },
     /// The server connection dropped; the driver is reconnecting.
     Reconnecting,
+    /// The user is searching but the server could not queue us: it answered `join` or
+    /// `next` with `error` `unavailable` (a cluster node whose shared store is
+    /// unreachable; the server holds us idle). The UI says [`SERVICE_BUSY_LINE`]; the
+    /// machine re-sends `join` after a growing wait (see [`Status::join_retry`]) until
+    /// `queued` or `matched`, Stop or Next. `retries`: the `join`s re-sent so far since
+    /// this phase began.
+    ServiceBusy { retries: u32 },
     /// The server refused us for good (banned, version); nothing more will happen.
     Refused { code: ErrorCode, message: String },
 }
@@ -116,6 +159,10 @@ pub enum Input {
     Block,
     /// Hide (true) or show again (false) the stranger's chat lines for this call.
     MuteChat(bool),
+    /// The wait before the re-sent `join` numbered `generation` (see
+    /// [`Status::join_retry`]) is over: the driver sends it [`join_retry_delay`] after
+    /// the retry was armed.
+    JoinRetry(u64),
 }
 
 /// What the driver must do.
@@ -205,6 +252,10 @@ pub struct Status {
     /// gives up for good at most 2 × [`PEER_GIVE_UP`] after it started failing. Stays set
     /// until the match ends: a match retries once.
     pub relay_retry: bool,
+    /// A re-sent `join` is due (in [`Phase::ServiceBusy`]): when it changes to `Some`,
+    /// the driver sleeps [`join_retry_delay`] and then hands back [`Input::JoinRetry`];
+    /// `None` cancels it (Stop, Next, a new connection, `queued` or `matched`).
+    pub join_retry: Option<JoinRetry>,
 }
 
 /// Whether an ICE server entry names a TURN server webrtc 0.21 can allocate on: a
@@ -258,6 +309,15 @@ pub struct Session {
     /// Set while the server connection is lost and the server may still hold our
     /// session: what we were doing when it was lost.
     away: Option<Away>,
+    /// A `join` or `next` was sent on this connection and neither `queued`, `matched`
+    /// nor `unavailable` answered it yet: an `unavailable` now is its answer (and not a
+    /// relay that could not reach a partner on another node).
+    join_pending: bool,
+    /// `unavailable` answers to our `join`/`next` in a row (the backoff's exponent);
+    /// back to 0 on `queued`, `matched`, Stop and a new connection.
+    busy_attempts: u32,
+    /// Numbers the join retries.
+    join_retry_generation: u64,
     out: VecDeque<Output>,
 }
 
@@ -291,6 +351,9 @@ impl Session {
             offers_this_attempt: 0,
             resume_token: None,
             away: None,
+            join_pending: false,
+            busy_attempts: 0,
+            join_retry_generation: 0,
             out: VecDeque::new(),
         }
     }
@@ -412,7 +475,7 @@ impl Session {
                 setup_ms: None,
             });
         }
-        self.send(ClientMessage::Next {
+        self.send_queue_request(ClientMessage::Next {
             reason: Some(NextReason::ConnectionFailed),
         });
         self.phase = Phase::Searching { waiting: 0 };
@@ -446,7 +509,7 @@ impl Session {
             self.end_call(EndReason::WeLeft);
             self.system("You skipped the stranger.");
         }
-        self.send(ClientMessage::Next { reason: None });
+        self.send_queue_request(ClientMessage::Next { reason: None });
         self.phase = Phase::Searching { waiting: 0 };
         self.undo_pending = false;
         if skipped && offer_undo {
@@ -458,10 +521,46 @@ impl Session {
     }
 
     fn join(&mut self) {
-        self.send(ClientMessage::Join {
+        self.send_queue_request(ClientMessage::Join {
             interests: self.interests.clone(),
         });
         self.phase = Phase::Searching { waiting: 0 };
+    }
+
+    /// Sends `join` or `next`, whose answer is `queued`, `matched` or `unavailable`; a
+    /// retry still waiting is dropped (this request replaces it).
+    fn send_queue_request(&mut self, msg: ClientMessage) {
+        self.status.join_retry = None;
+        self.join_pending = true;
+        self.send(msg);
+    }
+
+    /// The server cannot queue us right now (`unavailable` answered our `join` or
+    /// `next`; it holds us idle): say so once, and re-send `join` after the next,
+    /// longer wait.
+    fn service_busy(&mut self) {
+        self.busy_attempts = self.busy_attempts.saturating_add(1);
+        let retries = match self.phase {
+            Phase::ServiceBusy { retries } => retries,
+            _ => {
+                self.system(SERVICE_BUSY_LINE);
+                0
+            }
+        };
+        self.phase = Phase::ServiceBusy { retries };
+        self.join_retry_generation += 1;
+        self.status.join_retry = Some(JoinRetry {
+            generation: self.join_retry_generation,
+            attempt: self.busy_attempts,
+        });
+    }
+
+    /// The server queued or matched us (or the connection is new, or the user
+    /// stopped): the next `unavailable` starts the backoff from its first wait.
+    fn service_available(&mut self) {
+        self.join_pending = false;
+        self.busy_attempts = 0;
+        self.status.join_retry = None;
     }
 
     pub fn handle(&mut self, input: Input) {
@@ -483,13 +582,18 @@ impl Session {
             Input::Stop => {
                 self.wants_search = false;
                 self.status.undo = None;
+                self.service_available();
                 if !self.welcomed {
                     return;
                 }
                 // After partner_left too: the server then knows we stopped, so an undo of
-                // the stranger who skipped us cannot pull us back into a call.
+                // the stranger who skipped us cannot pull us back into a call. While the
+                // service is busy, too: a re-sent `join` may be on its way.
                 let was_active = self.in_call()
-                    || matches!(self.phase, Phase::Searching { .. } | Phase::Ended { .. });
+                    || matches!(
+                        self.phase,
+                        Phase::Searching { .. } | Phase::Ended { .. } | Phase::ServiceBusy { .. }
+                    );
                 if self.in_call() {
                     self.end_call(EndReason::WeLeft);
                     self.system("You have disconnected.");
@@ -592,6 +696,8 @@ impl Session {
             }
             Input::ServerConnected => {
                 self.welcomed = false;
+                // A new connection (maybe to another node): no retry carries over.
+                self.service_available();
                 self.send(ClientMessage::Hello {
                     version: peer_stream_shared::PROTOCOL_VERSION,
                     client: self.client_name.clone(),
@@ -601,6 +707,10 @@ impl Session {
             }
             Input::ServerLost => {
                 self.welcomed = false;
+                // Nothing can be re-sent without a connection; the welcome that follows
+                // searches again (see `resumed`).
+                self.status.join_retry = None;
+                self.join_pending = false;
                 if self.resume_token.is_some() {
                     // The server may keep our session for a while: keep the call (its
                     // media is peer to peer) or the search, and ask for them back.
@@ -678,6 +788,24 @@ impl Session {
                     self.call_failed();
                 }
             }
+            Input::JoinRetry(generation) => {
+                if self.status.join_retry.map(|r| r.generation) != Some(generation) {
+                    return; // cancelled or replaced meanwhile
+                }
+                self.status.join_retry = None;
+                let Phase::ServiceBusy { retries } = self.phase else {
+                    return;
+                };
+                if !self.wants_search || !self.welcomed {
+                    return;
+                }
+                self.send_queue_request(ClientMessage::Join {
+                    interests: self.interests.clone(),
+                });
+                self.phase = Phase::ServiceBusy {
+                    retries: retries.saturating_add(1),
+                };
+            }
         }
     }
 
@@ -720,7 +848,7 @@ impl Session {
             Some(m) if self.current_match() == Some(m) => {} // the call goes on
             Some(_) => {
                 // The call ended here while we were away (its media failed).
-                self.send(ClientMessage::Next {
+                self.send_queue_request(ClientMessage::Next {
                     reason: Some(NextReason::ConnectionFailed),
                 });
                 self.phase = Phase::Searching { waiting: 0 };
@@ -761,7 +889,11 @@ impl Session {
                 }
             }
             ServerMessage::Queued { waiting } => {
-                if matches!(self.phase, Phase::Searching { .. }) {
+                self.service_available();
+                if matches!(
+                    self.phase,
+                    Phase::Searching { .. } | Phase::ServiceBusy { .. }
+                ) {
                     self.phase = Phase::Searching { waiting };
                 }
                 self.set_counts(None, Some(waiting));
@@ -780,6 +912,7 @@ impl Session {
                 resumed,
             } => {
                 let undone_by_us = std::mem::take(&mut self.undo_pending);
+                self.service_available();
                 if !self.wants_search {
                     // We pressed Stop while the match was being made: leave it at once.
                     self.send(ClientMessage::Leave);
@@ -902,6 +1035,17 @@ impl Session {
                     }
                     ErrorCode::NotInMatch => {
                         // A race with the partner leaving; partner_left follows.
+                    }
+                    ErrorCode::Unavailable if !self.in_call() => {
+                        // The answer to our `join`/`next`: the server holds us idle.
+                        if std::mem::take(&mut self.join_pending) && self.wants_search {
+                            self.service_busy();
+                        } else {
+                            // A relay that crossed the end of its match (or Stop), or a
+                            // second answer while a retry is already armed.
+                            tracing::debug!(%message, "unavailable, not for a join");
+                        }
+                        return;
                     }
                     ErrorCode::Invalid if self.in_call() => {
                         // Our auto-requeue `join` crossed a `matched`: after someone's undo
@@ -2157,5 +2301,257 @@ mod tests {
         drain(&mut s);
         assert!(!s.status().peer_lost);
         assert!(matches!(s.phase(), Phase::Live { .. }));
+    }
+
+    fn unavailable() -> Input {
+        Input::Server(ServerMessage::Error {
+            code: ErrorCode::Unavailable,
+            message: "the service is busy".into(),
+        })
+    }
+
+    /// The armed join retry: its number and how many `unavailable`s came in a row.
+    fn armed(s: &Session) -> (u64, u32) {
+        let r = s.status().join_retry.expect("a join retry is armed");
+        (r.generation, r.attempt)
+    }
+
+    fn busy_lines(outs: &[Output]) -> usize {
+        outs.iter()
+            .filter(|o| matches!(o, Output::Notify(Notice::System(t)) if t == SERVICE_BUSY_LINE))
+            .count()
+    }
+
+    #[test]
+    fn join_retry_delay_doubles_caps_and_jitters() {
+        let mid: Vec<u64> = (1..=7)
+            .map(|a| join_retry_delay(a, 0.5).as_millis() as u64)
+            .collect();
+        assert_eq!(mid, [1000, 2000, 4000, 8000, 15000, 15000, 15000]);
+        assert_eq!(join_retry_delay(u32::MAX, 0.5), JOIN_RETRY_MAX);
+        assert_eq!(join_retry_delay(1, 0.0), Duration::from_millis(750));
+        assert_eq!(join_retry_delay(1, 1.0), Duration::from_millis(1250));
+        assert_eq!(join_retry_delay(5, 0.0), Duration::from_millis(11250));
+    }
+
+    #[test]
+    fn unavailable_after_join_says_service_busy_and_joins_again_with_backoff() {
+        let mut s = welcomed();
+        s.handle(Input::Start {
+            interests: vec!["music".into()],
+        });
+        drain(&mut s);
+        s.handle(unavailable());
+        let outs = drain(&mut s);
+        assert!(sends(&outs).is_empty(), "nothing at once: {outs:?}");
+        assert_eq!(busy_lines(&outs), 1, "{outs:?}");
+        assert!(
+            !outs
+                .iter()
+                .any(|o| matches!(o, Output::Notify(Notice::Error { .. }))),
+            "not shown as an error: {outs:?}"
+        );
+        assert_eq!(s.phase(), &Phase::ServiceBusy { retries: 0 });
+        let (first, attempt) = armed(&s);
+        assert_eq!(attempt, 1);
+        // A stale timer does nothing.
+        s.handle(Input::JoinRetry(first + 1));
+        assert!(drain(&mut s).is_empty());
+        let mut generation = first;
+        for retry in 1..=3u32 {
+            s.handle(Input::JoinRetry(generation));
+            let outs = drain(&mut s);
+            assert_eq!(
+                sends(&outs),
+                vec![ClientMessage::Join {
+                    interests: vec!["music".into()]
+                }],
+                "the same interests again"
+            );
+            assert_eq!(s.phase(), &Phase::ServiceBusy { retries: retry });
+            assert_eq!(s.status().join_retry, None, "nothing armed while it is out");
+            // The same timer firing twice sends one join.
+            s.handle(Input::JoinRetry(generation));
+            assert!(drain(&mut s).is_empty());
+            s.handle(unavailable());
+            let outs = drain(&mut s);
+            assert_eq!(busy_lines(&outs), 0, "said once per spell: {outs:?}");
+            let (g, attempt) = armed(&s);
+            assert!(g > generation, "a new number for a new wait");
+            assert_eq!(attempt, retry + 1, "the wait grows");
+            generation = g;
+        }
+        // Served again: searching, nothing armed, and the backoff starts over.
+        s.handle(Input::JoinRetry(generation));
+        drain(&mut s);
+        s.handle(Input::Server(ServerMessage::Queued { waiting: 2 }));
+        assert_eq!(s.phase(), &Phase::Searching { waiting: 2 });
+        assert_eq!(s.status().join_retry, None);
+        s.handle(Input::Next);
+        drain(&mut s);
+        s.handle(unavailable());
+        assert_eq!(busy_lines(&drain(&mut s)), 1, "a new spell says it again");
+        assert_eq!(armed(&s).1, 1);
+        s.handle(Input::JoinRetry(armed(&s).0));
+        drain(&mut s);
+        matched(&mut s, "m1", Role::Offerer);
+        drain(&mut s);
+        assert!(matches!(s.phase(), Phase::Connecting { .. }));
+        assert_eq!(s.status().join_retry, None);
+    }
+
+    #[test]
+    fn stop_cancels_the_join_retry() {
+        let mut s = welcomed();
+        s.handle(Input::Start { interests: vec![] });
+        drain(&mut s);
+        s.handle(unavailable());
+        drain(&mut s);
+        let (generation, _) = armed(&s);
+        s.handle(Input::Stop);
+        let outs = drain(&mut s);
+        assert_eq!(
+            sends(&outs),
+            vec![ClientMessage::Leave],
+            "a re-sent join may be on its way: leave"
+        );
+        assert_eq!(s.phase(), &Phase::Idle);
+        assert_eq!(s.status().join_retry, None);
+        s.handle(Input::JoinRetry(generation));
+        assert!(
+            drain(&mut s).is_empty(),
+            "the cancelled retry sends nothing"
+        );
+        // Stop while a re-sent join is out: its late `unavailable` is not retried.
+        let mut s = welcomed();
+        s.handle(Input::Start { interests: vec![] });
+        s.handle(unavailable());
+        s.handle(Input::JoinRetry(armed(&s).0));
+        s.handle(Input::Stop);
+        drain(&mut s);
+        s.handle(unavailable());
+        assert!(drain(&mut s).is_empty());
+        assert_eq!(s.phase(), &Phase::Idle);
+        assert_eq!(s.status().join_retry, None);
+    }
+
+    #[test]
+    fn next_replaces_the_join_retry_and_the_backoff_keeps_growing() {
+        let mut s = welcomed();
+        s.handle(Input::Start { interests: vec![] });
+        s.handle(unavailable());
+        drain(&mut s);
+        let (generation, _) = armed(&s);
+        s.handle(Input::Next);
+        assert_eq!(
+            sends(&drain(&mut s)),
+            vec![ClientMessage::Next { reason: None }]
+        );
+        assert_eq!(s.status().join_retry, None, "Next is the new attempt");
+        assert_eq!(s.phase(), &Phase::Searching { waiting: 0 });
+        s.handle(Input::JoinRetry(generation));
+        assert!(sends(&drain(&mut s)).is_empty(), "the old retry is gone");
+        s.handle(unavailable());
+        drain(&mut s);
+        assert_eq!(armed(&s).1, 2, "still unavailable: the next wait is longer");
+    }
+
+    #[test]
+    fn a_next_out_of_a_call_answered_unavailable_joins_again() {
+        let mut s = welcomed();
+        s.handle(Input::Start { interests: vec![] });
+        matched(&mut s, "m1", Role::Answerer);
+        s.handle(Input::PeerConnected("m1".into()));
+        drain(&mut s);
+        s.handle(Input::Next);
+        drain(&mut s);
+        // The server ended the match but could not queue us: we are idle there.
+        s.handle(unavailable());
+        drain(&mut s);
+        assert_eq!(s.phase(), &Phase::ServiceBusy { retries: 0 });
+        assert!(s.status().undo.is_some(), "the undo offer stands");
+        s.handle(Input::JoinRetry(armed(&s).0));
+        assert_eq!(
+            sends(&drain(&mut s)),
+            vec![ClientMessage::Join { interests: vec![] }],
+            "join, not a second next"
+        );
+    }
+
+    #[test]
+    fn unavailable_for_a_relay_is_not_a_busy_queue() {
+        // In a call: a chat to a partner on another node was not delivered.
+        let mut s = welcomed();
+        s.handle(Input::Start { interests: vec![] });
+        matched(&mut s, "m1", Role::Offerer);
+        s.handle(Input::PeerConnected("m1".into()));
+        drain(&mut s);
+        s.handle(unavailable());
+        let outs = drain(&mut s);
+        assert!(
+            outs.iter().any(|o| matches!(
+                o,
+                Output::Notify(Notice::Error {
+                    code: ErrorCode::Unavailable,
+                    ..
+                })
+            )),
+            "said as an error: {outs:?}"
+        );
+        assert!(matches!(s.phase(), Phase::Live { .. }));
+        assert_eq!(s.status().join_retry, None);
+        // Already queued: a late answer to something else changes nothing.
+        let mut s = welcomed();
+        s.handle(Input::Start { interests: vec![] });
+        s.handle(Input::Server(ServerMessage::Queued { waiting: 1 }));
+        drain(&mut s);
+        s.handle(unavailable());
+        assert!(drain(&mut s).is_empty());
+        assert_eq!(s.phase(), &Phase::Searching { waiting: 1 });
+        assert_eq!(s.status().join_retry, None);
+        // Two answers for one spell (a relay that crossed our Next, then the Next):
+        // one retry, one step of backoff.
+        let mut s = welcomed();
+        s.handle(Input::Start { interests: vec![] });
+        matched(&mut s, "m1", Role::Offerer);
+        s.handle(Input::PeerConnected("m1".into()));
+        s.handle(Input::SendChat("hi".into()));
+        s.handle(Input::Next);
+        drain(&mut s);
+        s.handle(unavailable());
+        s.handle(unavailable());
+        drain(&mut s);
+        assert_eq!(armed(&s).1, 1);
+    }
+
+    #[test]
+    fn a_new_connection_resets_the_join_retry() {
+        let mut s = Session::new("test/1", true);
+        s.handle(Input::Start { interests: vec![] });
+        s.handle(Input::ServerConnected);
+        s.handle(welcome("t1", false));
+        s.handle(unavailable());
+        s.handle(Input::JoinRetry(armed(&s).0));
+        s.handle(unavailable());
+        drain(&mut s);
+        let (generation, attempt) = armed(&s);
+        assert_eq!(attempt, 2);
+        s.handle(Input::ServerLost);
+        assert_eq!(s.status().join_retry, None);
+        assert_eq!(s.phase(), &Phase::Reconnecting);
+        s.handle(Input::JoinRetry(generation));
+        assert!(drain(&mut s).is_empty(), "no join without a connection");
+        // Resumed: the server held us idle, so the machine joins at once.
+        s.handle(Input::ServerConnected);
+        s.handle(welcome("t2", true));
+        let outs = drain(&mut s);
+        assert!(
+            sends(&outs).contains(&ClientMessage::Join { interests: vec![] }),
+            "{outs:?}"
+        );
+        assert_eq!(s.phase(), &Phase::Searching { waiting: 0 });
+        s.handle(unavailable());
+        drain(&mut s);
+        assert_eq!(armed(&s).1, 1, "the backoff starts over");
     }
 }

@@ -7,7 +7,7 @@ use crate::app::chatlog::Speaker;
 use crate::app::REPORT_REASONS;
 use crate::engine::stats::CallStats;
 use crate::engine::Command;
-use crate::session::machine::{EndReason, Phase};
+use crate::session::machine::{EndReason, Phase, SERVICE_BUSY_LINE};
 use std::time::Instant;
 
 /// Good / Fair / Poor from the last second's figures.
@@ -231,10 +231,16 @@ pub fn show(app: &mut PeerStreamApp, ctx: &egui::Context, now: Instant) {
                         }
                     }
                 }
-                Phase::Searching { .. } => {
-                    centered_message(ui, rect, "Looking for a stranger…");
-                    if let Some(counts) = counts_text(st.online, st.waiting) {
-                        centered_note(ui, rect, 28.0, &counts);
+                Phase::Searching { .. } | Phase::ServiceBusy { .. } => {
+                    if let Phase::ServiceBusy { .. } = st.phase {
+                        // The server is up but cannot queue anyone for now (a cluster
+                        // node without its Redis); the engine re-sends `join` by itself.
+                        centered_message(ui, rect, SERVICE_BUSY_LINE);
+                    } else {
+                        centered_message(ui, rect, "Looking for a stranger…");
+                        if let Some(counts) = counts_text(st.online, st.waiting) {
+                            centered_note(ui, rect, 28.0, &counts);
+                        }
                     }
                     ui.put(
                         egui::Rect::from_center_size(
