@@ -15,6 +15,7 @@ pub mod limits;
 pub mod matchmaker;
 pub mod metrics;
 pub mod moderation;
+pub mod outbox;
 pub mod shutdown;
 pub mod tls;
 pub mod web;

@@ -370,7 +370,7 @@ impl<C: Cluster> Matchmaker<C> {
         let (ip, link, counts, reply) = match p {
             Some(p) => (p.ip, p.link, p.counts, Some(p.reply)),
             None => {
-                let (tx, _) = tokio::sync::mpsc::channel(1);
+                let (tx, _) = crate::outbox::channel(1);
                 let link = Link::Live {
                     outbox: tx,
                     kick: tokio_util::sync::CancellationToken::new(),
@@ -665,6 +665,20 @@ impl<C: Cluster> Matchmaker<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_128_random_bits_in_lowercase_hex() {
+        let a = super::super::random_id();
+        let b = super::super::random_id();
+        assert_eq!(a.len(), 32);
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
+            "{a}"
+        );
+        assert_ne!(a, b);
+        assert!(is_cluster_node(&a), "a node id is such an id");
+    }
 
     #[test]
     fn only_cluster_tokens_name_a_node() {

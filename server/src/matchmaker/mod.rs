@@ -51,7 +51,7 @@ const DEAD_NODE_GRACE: Duration = Duration::from_secs(5);
 pub const COUNTS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Frames queued for one connection's socket.
-pub type Outbox = mpsc::Sender<Message>;
+pub type Outbox = crate::outbox::Outbox;
 
 /// While a session is detached (its connection lost, within the resume window), at most
 /// this many relayed frames (`signal`, `chat`, `typing`) are held for it…
@@ -129,7 +129,7 @@ pub enum Command {
     Detach {
         session: SessionId,
         conn: u64,
-        outbox: mpsc::Receiver<Message>,
+        outbox: crate::outbox::OutboxReceiver,
     },
     /// Bring back the partner skipped by this session's last `next` (within [`UNDO_WINDOW`]).
     UndoNext {
@@ -392,8 +392,16 @@ impl<C: Cluster> Matchmaker<C> {
 }
 
 fn new_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes: [u8; 16] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    // By hand, not `format!` per byte: ids are made for every session, match and token,
+    // and formatting them was a seventh of a pairing's instructions.
+    let mut id = String::with_capacity(32);
+    for b in bytes {
+        id.push(char::from(HEX[usize::from(b >> 4)]));
+        id.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    id
 }
 
 /// A fresh random id for a session or a match (128 bits, hex).
@@ -776,7 +784,12 @@ impl<C: Cluster> Matchmaker<C> {
     /// The connection `conn` of `session` was lost without a close frame: the session
     /// keeps its match (or its place in the queue, parked), holds what is sent to it, and
     /// ends when the resume window does. Without resuming it ends at once.
-    async fn detach(&mut self, session: SessionId, conn: u64, mut outbox: mpsc::Receiver<Message>) {
+    async fn detach(
+        &mut self,
+        session: SessionId,
+        conn: u64,
+        mut outbox: crate::outbox::OutboxReceiver,
+    ) {
         if !self.serves(&session, conn) {
             return;
         }
@@ -1414,7 +1427,9 @@ impl<C: Cluster> Matchmaker<C> {
             } => {
                 if resumed {
                     let undo = (to, match_id, role, common_interests);
-                    return self.on_remote_rematch(undo, partner, partner_ip, from).await;
+                    return self
+                        .on_remote_rematch(undo, partner, partner_ip, from)
+                        .await;
                 }
                 let state = self.conns.get(&to).map(|c| &c.state);
                 if state != Some(&State::Waiting) {
