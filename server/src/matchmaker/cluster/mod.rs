@@ -6,10 +6,10 @@
 //! - [`local::LocalCluster`] (no `--redis`): the in-memory [`MatchQueue`](super::queue::MatchQueue)
 //!   of a single node; every call is answered at once and every partner is local.
 //! - [`redis::RedisCluster`] (`--redis URL`): the waiting queue lives in Redis and is shared
-//!   by every node; pairing reads it, picks a partner with the same pure rules
-//!   ([`super::queue::choose`]) and claims both waiters atomically (a Lua compare-and-delete),
-//!   so nobody is paired twice. A partner on another node is reached through that node's
-//!   own pub/sub channel with a [`NodeMsg`].
+//!   by every node; one Lua script call adds a waiter, reads the queue, picks a partner
+//!   with the rules of [`super::queue::choose`] and claims both waiters atomically, so
+//!   nobody is paired twice. A partner on another node is reached through that node's own
+//!   pub/sub channel with a [`NodeMsg`].
 
 pub mod local;
 pub mod redis;

@@ -1067,7 +1067,11 @@ impl Cluster for RedisCluster {
             // unreachable the local side is told the match is off instead.
             NodeMsg::Matched { .. } => (true, true),
             NodeMsg::Relay { .. } => (false, true),
-            // A partner on another node must not stay in a match with nobody.
+            // Questions with a deadline on the asking side (a held `hello`, an `undo_next`):
+            // refused at once (a new session, `undo_unavailable`), never asked late.
+            NodeMsg::ResumeAsk { .. } | NodeMsg::UndoAsk { .. } => (false, true),
+            // A partner on another node must not stay in a match with nobody; a handover
+            // and the answers must reach the asking node.
             _ => (true, false),
         };
         let ready = self.ready();
