@@ -188,11 +188,10 @@ impl Peer {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_app_retries_join_while_redis_is_down_and_is_matched_once_it_is_back() {
-    let Some(mut redis) = RedisServer::start().await else {
-        return;
-    };
+/// A real redis-server and a node (`--redis`) that was ready, then Redis stopped: the node
+/// answers `unavailable` until Redis is started again (`None`: skip, no redis-server).
+async fn node_with_redis_down() -> Option<(RedisServer, common::Server)> {
+    let mut redis = RedisServer::start().await?;
     let url = redis.url();
     let server = common::start_server_with(0, None, |cfg| cfg.redis = Some(url)).await;
     let port = server.port;
@@ -200,12 +199,20 @@ async fn the_app_retries_join_while_redis_is_down_and_is_matched_once_it_is_back
         http_status(port, "/readyz").await == 200
     })
     .await;
-
     redis.stop();
     eventually("the node is not ready without Redis", || async {
         http_status(port, "/readyz").await == 503
     })
     .await;
+    Some((redis, server))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_retries_join_while_redis_is_down_and_is_matched_once_it_is_back() {
+    let Some((mut redis, server)) = node_with_redis_down().await else {
+        return;
+    };
+    let port = server.port;
     let before = unavailable_sent(port).await;
 
     let logs = tempfile::tempdir().unwrap();
@@ -301,21 +308,10 @@ async fn the_web_page_retries_join_while_redis_is_down_and_stop_cancels_it() {
     const BUSY: &str = "peerStream.serviceBusy && peerStream.state === 'searching' \
         && document.getElementById('remote-status').textContent === 'Service busy — retrying'";
 
-    let Some(mut redis) = RedisServer::start().await else {
+    let Some((mut redis, server)) = node_with_redis_down().await else {
         return;
     };
-    let url = redis.url();
-    let server = common::start_server_with(0, None, |cfg| cfg.redis = Some(url)).await;
     let port = server.port;
-    eventually("the node is ready", || async {
-        http_status(port, "/readyz").await == 200
-    })
-    .await;
-    redis.stop();
-    eventually("the node is not ready without Redis", || async {
-        http_status(port, "/readyz").await == 503
-    })
-    .await;
 
     let chrome = Chromium::launch(Media::Fake).await;
     let page = chrome

@@ -54,18 +54,7 @@ async fn undo_brings_back_a_partner_on_another_node() {
         return;
     };
     let (mut a, mut b, first) = cross_pair(&na, &nb).await;
-    a.next_partner().await;
-    b.expect_partner_left(&first.match_id, "skipped").await;
-    // b looks for someone new (the rematch cooldown keeps a and b apart in the queue).
-    b.next_partner().await;
-    a.expect_no_message(QUIET).await;
-
-    undo(&mut a).await;
-    let ma = expect_resumed(&mut a).await;
-    let mb = expect_resumed(&mut b).await;
-    assert_eq!(ma.match_id, mb.match_id);
-    assert_ne!(ma.match_id, first.match_id, "a resumed match has a new id");
-    assert_ne!(ma.role, mb.role, "one offerer, one answerer");
+    let (ma, _) = skip_requeue_and_undo(&mut a, &mut b, &first).await;
     chat_flows(&mut a, &mut b, &ma.match_id, "wrong button, sorry").await;
     chat_flows(&mut b, &mut a, &ma.match_id, "no worries").await;
     assert_eq!(undo_count(&na, "resumed").await, Some(1.0));

@@ -48,18 +48,7 @@ async fn metrics(server: &TestServer) -> String {
 async fn undo_brings_back_a_skipped_partner_who_is_waiting() {
     let server = spawn_server(test_config()).await;
     let (mut a, mut b, first) = matched_pair(&server).await;
-    a.next_partner().await;
-    b.expect_partner_left(&first.match_id, "skipped").await;
-    // b looks for someone new: it waits in the queue (a and b are in the rematch cooldown).
-    b.next_partner().await;
-    a.expect_no_message(QUIET).await;
-
-    undo(&mut a).await;
-    let ma = expect_resumed(&mut a).await;
-    let mb = expect_resumed(&mut b).await;
-    assert_eq!(ma.match_id, mb.match_id);
-    assert_ne!(ma.match_id, first.match_id, "a resumed match has a new id");
-    assert_ne!(ma.role, mb.role, "one offerer, one answerer");
+    let (ma, _) = skip_requeue_and_undo(&mut a, &mut b, &first).await;
     assert!(!ma.ice_servers.is_empty(), "fresh ICE servers: {}", ma.raw);
     chat_flows(&mut a, &mut b, &ma.match_id, "welcome back").await;
     chat_flows(&mut b, &mut a, &ma.match_id, "thanks").await;

@@ -1431,22 +1431,9 @@ impl<C: Cluster> Matchmaker<C> {
                         .on_remote_rematch(undo, partner, partner_ip, from)
                         .await;
                 }
-                let state = self.conns.get(&to).map(|c| &c.state);
-                if state != Some(&State::Waiting) {
+                if self.conns.get(&to).map(|c| &c.state) != Some(&State::Waiting) {
                     // It left the queue (or ended) while the other node paired it.
-                    let reason = if state.is_some() {
-                        PartnerLeftReason::Left
-                    } else {
-                        PartnerLeftReason::Disconnected
-                    };
-                    let reply = NodeMsg::PartnerLeft {
-                        to: partner,
-                        match_id,
-                        reason,
-                        cooldown: false,
-                    };
-                    let _ = self.cluster.send_to(&from, &reply).await;
-                    return;
+                    return self.decline_match(&to, partner, match_id, &from).await;
                 }
                 self.cluster.claimed(&to).await;
                 if let Some(Conn {
@@ -1504,6 +1491,30 @@ impl<C: Cluster> Matchmaker<C> {
                 }
             }
         }
+    }
+
+    /// `to` cannot take the match `match_id` that the node `from` opened with its session
+    /// `partner`: that node hears the match is off (`left` if `to` is still here, else
+    /// `disconnected`).
+    async fn decline_match(
+        &mut self,
+        to: &SessionId,
+        partner: SessionId,
+        match_id: MatchId,
+        from: &str,
+    ) {
+        let reason = if self.conns.contains_key(to) {
+            PartnerLeftReason::Left
+        } else {
+            PartnerLeftReason::Disconnected
+        };
+        let reply = NodeMsg::PartnerLeft {
+            to: partner,
+            match_id,
+            reason,
+            cooldown: false,
+        };
+        let _ = self.cluster.send_to(from, &reply).await;
     }
 
     /// The cluster's periodic news: matches whose partner's node died end as disconnects.

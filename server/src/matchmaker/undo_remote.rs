@@ -128,19 +128,7 @@ impl<C: Cluster> Matchmaker<C> {
             .is_some_and(|(p, _)| *p == partner);
         if !asked || !self.conns.contains_key(&to) {
             // Given up already (no answer in time), or gone: the partner hears it is over.
-            let reason = if self.conns.contains_key(&to) {
-                PartnerLeftReason::Left
-            } else {
-                PartnerLeftReason::Disconnected
-            };
-            let left = NodeMsg::PartnerLeft {
-                to: partner,
-                match_id,
-                reason,
-                cooldown: false,
-            };
-            let _ = self.cluster.send_to(&from, &left).await;
-            return;
+            return self.decline_match(&to, partner, match_id, &from).await;
         }
         self.remote_undos.remove(&to);
         self.cluster.remove(&to).await;

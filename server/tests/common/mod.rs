@@ -927,3 +927,24 @@ pub async fn chat_flows(from: &mut TestClient, to: &mut TestClient, match_id: &s
     assert_eq!(v["match_id"], match_id, "[{}] {v}", to.label);
     assert_eq!(v["text"], text, "[{}] {v}", to.label);
 }
+
+/// `a` skips `b` (matched in `first`), `b` goes back to the queue (the rematch cooldown keeps
+/// the two apart there), then `a` sends `undo_next`: both get the resumed match, with a new
+/// id, one offerer and one answerer. Returns `(a's, b's)`.
+pub async fn skip_requeue_and_undo(
+    a: &mut TestClient,
+    b: &mut TestClient,
+    first: &Matched,
+) -> (Matched, Matched) {
+    a.next_partner().await;
+    b.expect_partner_left(&first.match_id, "skipped").await;
+    b.next_partner().await;
+    a.expect_no_message(Duration::from_millis(400)).await;
+    a.send_json(&json!({"type": "undo_next"})).await;
+    let ma = expect_resumed(a).await;
+    let mb = expect_resumed(b).await;
+    assert_eq!(ma.match_id, mb.match_id);
+    assert_ne!(ma.match_id, first.match_id, "a resumed match has a new id");
+    assert_ne!(ma.role, mb.role, "one offerer, one answerer");
+    (ma, mb)
+}
