@@ -216,6 +216,42 @@ mod tests {
         ));
     }
 
+    /// A reader that also wakes for other reasons (as the connection's `select!` does)
+    /// and a writer on another thread: every frame arrives, none waits for a later one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_wake_up_is_lost_between_threads() {
+        const N: usize = 20_000;
+        let (tx, mut rx) = channel(N);
+        let writer = std::thread::spawn(move || {
+            for i in 0..N {
+                tx.try_send(text(&i.to_string())).expect("room");
+                if i % 64 == 0 {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+            tx
+        });
+        let mut got = 0;
+        let mut tick = tokio::time::interval(Duration::from_micros(300));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while got < N {
+            tokio::select! {
+                biased;
+                _ = tick.tick() => {}
+                m = rx.recv() => {
+                    assert_eq!(m, Some(text(&got.to_string())));
+                    got += 1;
+                }
+                _ = tokio::time::sleep_until(deadline) => panic!("stuck after {got} frames"),
+            }
+        }
+        let tx = writer.join().expect("writer");
+        // The last frame was taken by a wake-up, not by a later one.
+        tx.try_send(text("last")).expect("room");
+        let last = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        assert_eq!(last.ok().flatten(), Some(text("last")));
+    }
+
     #[tokio::test]
     async fn recv_waits_for_a_frame_and_ends_when_the_sender_is_gone() {
         let (tx, mut rx) = channel(4);
